@@ -1,0 +1,264 @@
+"""The only code that changes a model: choose target layers, wrap them in adapters, freeze the rest.
+
+Targets are glob patterns over qualified module names (``fnmatch``; ``*`` also crosses dots), matched
+either against the whole name or as a dotted suffix, so ``"blocks.*.attn.qkv"`` also finds
+``"model.blocks.3.attn.qkv"`` inside a timm ``features_only`` wrapper. A pattern written ``"re:<regex>"``
+is a regular expression (full match). Named presets expand to patterns (see :data:`PRESETS`).
+
+``blocks`` restricts targets to residual blocks by index: blocks are the containers named ``blocks.<k>``
+(ViT, Swin) or ``layer<s>.<k>`` (ResNet) numbered 0, 1, ... in forward (``named_modules``) order across
+the whole encoder, so on swin_tiny they run 0..11 over the four stages and on resnet18 0..7; negative
+indices count from the end. Modules outside any block are then excluded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from medpeft.adapters import lora as _lora  # noqa: F401  (registers "lora")
+from medpeft.adapters import tcurlora as _tcurlora  # noqa: F401  (registers "tcurlora")
+from medpeft.adapters import trm as _trm  # noqa: F401  (registers "trm")
+from medpeft.adapters.base import AdapterLayer, get_adapter_method, replace_module, supported_base_layer
+from medpeft.adapters.tcurlora import GROUPS_ATTRIBUTE, TCURGroup, remove_tcurlora_groups
+
+__all__ = [
+    "ADAPTER_RECORD_ATTRIBUTE",
+    "PRESETS",
+    "adapter_layers",
+    "adapter_parameters",
+    "block_indices",
+    "inject_adapters",
+    "merge_adapters",
+    "regularization_loss",
+    "resolve_targets",
+    "tcurlora_groups",
+    "unmerge_adapters",
+]
+
+ADAPTER_RECORD_ATTRIBUTE = "medpeft_adapter_record"
+
+PRESETS: dict[str, tuple[str, ...]] = {
+    "attn": ("*attn.qkv", "*attn.proj"),  # ViT and Swin attention: fused qkv and output projection
+    "qkv": ("*attn.qkv",),
+    "mlp": ("*mlp.fc1", "*mlp.fc2"),  # ViT and Swin MLPs
+    "conv": ("*layer[1-4].*.conv[1-3]",),  # ResNet: the convolutions inside residual blocks
+    "all-linear": ("<all-linear>",),  # every nn.Linear except a classifier head
+    "all-conv": ("<all-conv>",),  # every nn.Conv2d
+}
+
+_BLOCK = re.compile(r"^(.*?(?:^|\.)(?:blocks|layer\d+)\.\d+)(?:\.|$)")
+
+
+def resolve_targets(targets: str | Iterable[str]) -> list[str]:
+    """Expand presets; keep other entries as patterns, in order and without repeats."""
+    if isinstance(targets, str):
+        targets = [targets]
+    patterns: list[str] = []
+    for target in targets:
+        for pattern in PRESETS.get(target, (target,)):
+            if pattern not in patterns:
+                patterns.append(pattern)
+    if not patterns:
+        raise ValueError("targets is empty; give glob patterns or presets " + ", ".join(PRESETS))
+    return patterns
+
+
+def _matches(name: str, module: nn.Module, pattern: str) -> bool:
+    if pattern == "<all-linear>":
+        return isinstance(module, nn.Linear) and "head" not in name.split(".")
+    if pattern == "<all-conv>":
+        return isinstance(module, nn.Conv2d)
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, "*." + pattern)
+
+
+def block_indices(model: nn.Module) -> dict[str, int]:
+    """Map each block container's qualified name to its index in forward order (see module docstring)."""
+    index: dict[str, int] = {}
+    for name, _ in model.named_modules():
+        found = _BLOCK.match(name)
+        if found and found.group(1) not in index:
+            index[found.group(1)] = len(index)
+    return index
+
+
+def _block_of(name: str, blocks: dict[str, int]) -> int | None:
+    found = _BLOCK.match(name)
+    return blocks.get(found.group(1)) if found else None
+
+
+def _select(model: nn.Module, patterns: list[str], blocks: list[int] | None) -> list[tuple[str, nn.Module, str]]:
+    """``(name, module, first matching pattern)`` in ``named_modules`` order."""
+    allowed: set[int] | None = None
+    if blocks is not None:
+        index = block_indices(model)
+        if not index:
+            raise ValueError("blocks was given but the model has no 'blocks.<k>' or 'layer<s>.<k>' containers")
+        n = len(index)
+        bad = [b for b in blocks if not -n <= b < n]
+        if bad:
+            raise ValueError(f"block indices {bad} out of range: the model has {n} blocks (0..{n - 1})")
+        allowed = {b % n for b in blocks}
+        block_of = {name: _block_of(name, index) for name, _ in model.named_modules()}
+    matches = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        pattern = next((p for p in patterns if _matches(name, module, p)), None)
+        if pattern is None:
+            continue
+        if isinstance(module, AdapterLayer) or ".base_layer" in f".{name}.":
+            raise ValueError(f"module {name!r} already has an adapter; inject adapters once per model")
+        if not supported_base_layer(module):
+            raise ValueError(
+                f"target {pattern!r} matched {name!r}, a {type(module).__name__}; adapters wrap nn.Linear and "
+                "nn.Conv2d only: make the pattern name the layer itself (e.g. 'attn.qkv', not 'attn')"
+            )
+        if allowed is not None and block_of[name] not in allowed:
+            continue
+        matches.append((name, module, pattern))
+    return matches
+
+
+def _candidates(model: nn.Module, limit: int = 8) -> str:
+    names = [name for name, module in model.named_modules() if supported_base_layer(module)]
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown
+
+
+def _build_config(method: str, options: dict[str, Any]) -> Any:
+    config_cls = get_adapter_method(method).config_cls
+    allowed = [field.name for field in dataclasses.fields(config_cls)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for method {method!r}; allowed: {allowed}")
+    return config_cls(**options)
+
+
+def inject_adapters(
+    model: nn.Module,
+    method: str,
+    targets: str | Iterable[str],
+    blocks: Iterable[int] | None = None,
+    **options: Any,
+) -> list[str]:
+    """Wrap the target layers of ``model`` in adapters and freeze every other parameter.
+
+    Args:
+        model: any module, typically a timm encoder; it is modified in place.
+        method: one of ``"lora"``, ``"trm"``, ``"tcurlora"``.
+        targets: glob patterns, ``"re:"`` regexes or presets (:data:`PRESETS`).
+        blocks: optional block indices to restrict the targets to.
+        **options: the method's options (``rank`` and see :class:`LoRAConfig`, :class:`TRMConfig`,
+            :class:`TCURLoRAConfig`).
+
+    Returns:
+        The sorted qualified names of the adapted modules.
+
+    Raises:
+        ValueError: unknown method or option, nothing matched (a few candidate names are listed), a match
+            that is not an ``nn.Linear``/``nn.Conv2d``, or a model that already has adapters.
+    """
+    if hasattr(model, ADAPTER_RECORD_ATTRIBUTE):
+        raise ValueError("this model already has adapters; inject adapters once per model")
+    config = _build_config(method, options)
+    patterns = resolve_targets(targets)
+    block_list = None if blocks is None else [int(b) for b in blocks]
+    matches = _select(model, patterns, block_list)
+    if not matches:
+        raise ValueError(
+            f"targets {list(patterns)} (blocks={block_list}) matched no module; "
+            f"adaptable layers in this model include: {_candidates(model)}"
+        )
+    get_adapter_method(method).apply(model, matches, config)
+
+    model.requires_grad_(False)
+    for parameter in adapter_parameters(model):
+        parameter.requires_grad_(True)
+    names = sorted(name for name, _, _ in matches)
+    setattr(
+        model,
+        ADAPTER_RECORD_ATTRIBUTE,
+        {
+            "method": method,
+            "options": dataclasses.asdict(config),
+            "targets": patterns,
+            "blocks": block_list,
+            "modules": names,
+        },
+    )
+    return names
+
+
+def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
+    """Every adapter layer of ``model`` by qualified name."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, AdapterLayer)}
+
+
+def tcurlora_groups(model: nn.Module) -> dict[str, TCURGroup]:
+    """The tCURLoRA groups of ``model`` by name (empty for other methods)."""
+    groups = getattr(model, GROUPS_ATTRIBUTE, None)
+    return dict(groups.items()) if groups is not None else {}
+
+
+def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters that belong to adapters, found by module type (never by name), each once."""
+    found: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, AdapterLayer):
+            for name, parameter in module.named_parameters():
+                if not name.startswith("base_layer."):
+                    found[id(parameter)] = parameter
+        elif isinstance(module, TCURGroup):
+            for parameter in module.parameters():
+                found[id(parameter)] = parameter
+    return list(found.values())
+
+
+def merge_adapters(model: nn.Module, safe: bool = False, unload: bool = False) -> None:
+    """Fold every adapter's delta into its base weight; the forward becomes the plain layers'.
+
+    Args:
+        model: a model given to :func:`inject_adapters`.
+        safe: check every merged weight for NaN/inf before writing it.
+        unload: also put the plain base layers back in place of the wrappers (an export with no trace of
+            medpeft; :func:`unmerge_adapters` is then impossible).
+    """
+    layers = adapter_layers(model)
+    groups = tcurlora_groups(model).values()
+    for group in groups:  # compute each tCURLoRA group's delta once, not once per member layer
+        group.start_forward_pass()
+    try:
+        for layer in layers.values():
+            layer.merge(safe=safe)
+    finally:
+        for group in groups:
+            group.end_forward_pass()
+    if unload:
+        for name, layer in layers.items():
+            replace_module(model, name, layer.base_layer)
+        remove_tcurlora_groups(model)
+        model.__dict__.pop(ADAPTER_RECORD_ATTRIBUTE, None)
+
+
+def unmerge_adapters(model: nn.Module) -> None:
+    """Undo :func:`merge_adapters`."""
+    for layer in adapter_layers(model).values():
+        layer.unmerge()
+
+
+def regularization_loss(model: nn.Module) -> torch.Tensor:
+    """The summed adapter regularisers (TRM's identity/orthogonal penalty); a zero scalar otherwise."""
+    terms = [term for layer in adapter_layers(model).values() if (term := layer.regularization()) is not None]
+    if terms:
+        return torch.stack(terms).sum()
+    reference = next(model.parameters(), None)
+    return torch.zeros((), device=reference.device if reference is not None else None)
+

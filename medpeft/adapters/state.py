@@ -1,0 +1,137 @@
+"""Adapter-only state dicts and ``.safetensors`` files.
+
+An adapter state dict maps qualified parameter names (relative to the injected module) to tensors:
+the adapter parameters, the tCURLoRA groups' selected ``col_index``/``row_index``, and one extra entry,
+:data:`CONFIG_KEY`, a ``uint8`` tensor holding JSON metadata (format version, method, options, target
+patterns, block indices, adapted module names). Keeping the metadata inside the dict makes a plain
+``safetensors.torch.save_file``/``load_file`` round trip self-describing; :func:`save_adapter` also copies
+it into the file header, where ``safe_open(...).metadata()`` shows it without loading any tensor.
+Base weights are never included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from medpeft.adapters.base import AdapterLayer
+from medpeft.adapters.inject import ADAPTER_RECORD_ATTRIBUTE, tcurlora_groups
+
+__all__ = ["CONFIG_KEY", "adapter_state_dict", "load_adapter", "load_adapter_state_dict", "save_adapter"]
+
+CONFIG_KEY = "medpeft.adapter_config"
+FORMAT_VERSION = 1
+
+
+def _record(model: nn.Module) -> dict[str, Any]:
+    record = getattr(model, ADAPTER_RECORD_ATTRIBUTE, None)
+    if record is None:
+        raise ValueError("this model has no adapters: call inject_adapters(model, ...) first")
+    return {"format": "medpeft-adapter", "version": FORMAT_VERSION, **record}
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter tensors of ``model`` plus their metadata (see module docstring); no base weight."""
+    state: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, AdapterLayer):
+            for param_name, parameter in module.named_parameters():
+                if not param_name.startswith("base_layer."):
+                    state[f"{name}.{param_name}"] = parameter.detach().clone()
+    for group_name, group in tcurlora_groups(model).items():
+        prefix = f"tcurlora_groups.{group_name}"
+        state[f"{prefix}.tcur_dU"] = group.tcur_dU.detach().clone()
+        state[f"{prefix}.col_index"] = group.col_index.clone()
+        state[f"{prefix}.row_index"] = group.row_index.clone()
+    metadata = json.dumps(_record(model), sort_keys=True).encode()
+    state[CONFIG_KEY] = torch.frombuffer(bytearray(metadata), dtype=torch.uint8)
+    return state
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    out = []
+    for key in ("method", "targets", "blocks"):
+        if saved.get(key) != current.get(key):
+            out.append(f"{key}: saved {saved.get(key)!r}, model {current.get(key)!r}")
+    saved_options, current_options = saved.get("options", {}), current.get("options", {})
+    for key in sorted(set(saved_options) | set(current_options)):
+        if saved_options.get(key) != current_options.get(key):
+            out.append(f"option {key}: saved {saved_options.get(key)!r}, model {current_options.get(key)!r}")
+    saved_modules, current_modules = set(saved.get("modules", [])), set(current.get("modules", []))
+    if saved_modules != current_modules:
+        only_saved, only_model = sorted(saved_modules - current_modules), sorted(current_modules - saved_modules)
+        out.append(f"adapted modules differ (only in file: {only_saved[:4]}, only in model: {only_model[:4]})")
+    return out
+
+
+def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy adapter tensors into ``model``, which must be injected with the same method and options.
+
+    Raises:
+        ValueError: the metadata, the selected tCURLoRA indices, or the tensor names/shapes differ; the
+            message names each difference.
+    """
+    if CONFIG_KEY not in state:
+        raise ValueError(f"not a medpeft adapter state dict: no {CONFIG_KEY!r} entry")
+    saved = json.loads(bytes(state[CONFIG_KEY].tolist()).decode())
+    differences = _differences(saved, _record(model))
+    expected = adapter_state_dict(model)
+    expected.pop(CONFIG_KEY)
+    tensors = {key: value for key, value in state.items() if key != CONFIG_KEY}
+    if not differences:
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            differences.append(f"tensor names differ (missing: {missing[:4]}, unexpected: {unexpected[:4]})")
+        for key in sorted(set(expected) & set(tensors)):
+            if expected[key].shape != tensors[key].shape:
+                differences.append(f"{key}: saved shape {list(tensors[key].shape)}, model {list(expected[key].shape)}")
+            elif key.endswith(("col_index", "row_index")) and not torch.equal(expected[key], tensors[key]):
+                differences.append(
+                    f"{key}: saved {tensors[key].tolist()}, model {expected[key].tolist()} "
+                    "(the base weights differ from those the adapter was trained on)"
+                )
+    if differences:
+        raise ValueError("adapter does not fit this model: " + "; ".join(differences))
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key.endswith(("col_index", "row_index")):
+                continue
+            parameters[key].copy_(value)
+
+
+def save_adapter(model: nn.Module, path: str | Path) -> int:
+    """Write the adapter state dict to a ``.safetensors`` file atomically; returns its size in bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {key: value.contiguous().cpu() for key, value in adapter_state_dict(model).items()}
+    header = {"medpeft": bytes(state[CONFIG_KEY].tolist()).decode()}
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    try:
+        save_file(state, temporary, metadata=header)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path.stat().st_size
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> None:
+    """Load a file written by :func:`save_adapter` into an identically injected ``model``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"adapter file not found: {path}")
+    with safe_open(str(path), framework="pt") as handle:
+        if (handle.metadata() or {}).get("medpeft") is None:
+            raise ValueError(f"{path} is not a medpeft adapter file (no 'medpeft' header metadata)")
+    device = next(model.parameters()).device
+    load_adapter_state_dict(model, load_file(str(path), device=str(device)))

@@ -1,0 +1,229 @@
+"""tCURLoRA: tensor CUR decomposition in the t-product (Fourier) domain (He et al., MICCAI 2025, arXiv 2501.02227).
+
+``n3`` same-shape pre-trained matrices are stacked as the frontal slices of ``W: [n3, n1, n2]`` and moved to
+the Fourier domain along the stacking mode, ``What = rfft(W, dim=0)`` (slices ``0 .. n3 // 2``; the others
+are their conjugates). Columns ``I`` and rows ``J`` are selected once from ``What`` (../shared/METHODS.md
+section 3); per frequency ``k``: ``C_k = What[k][:, I]`` (``n1 x r``), ``R_k = What[k][J, :]`` (``r x n2``).
+The published method fine-tunes the CUR core ``U_k``; we write the same function as
+
+    ``W' = W + irfft(C_k dU_k R_k)``,  ``dU_k = U_k - U0_k`` complex, initialised to zero,
+
+so the delta is exactly zero at init, ``U0`` is never stored, and ``irfft`` keeps it real (it drops the
+imaginary parts that cannot survive, as the published ``.real`` does). Trainable real numbers:
+``2 * (n3 // 2 + 1) * r^2`` per group (real and imaginary parts of every ``dU_k``).
+
+Unlike the public reference code, which writes the reconstruction into ``param.data`` once (so ``U``
+never receives a gradient), the delta here is recomputed from ``dU`` in every forward pass, once per group:
+the first member layer to run computes the whole group's delta and the others reuse it until the
+forward pass of the injected module ends.
+
+A fused attention ``qkv`` layer (weight ``[3 d, d]``) contributes its q, k and v squares as three members,
+so on a ViT every block's q, k, v and output projection share one ``[4 * depth, d, d]`` tensor, as in the
+paper. Conv2d weights are stacked viewed as ``[out, in * kh * kw]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from medpeft.adapters.base import AdapterLayer, register_adapter, replace_module
+
+__all__ = [
+    "TCURGroup",
+    "TCURLoRAConfig",
+    "TCURLoRALayer",
+    "frequency_weights",
+    "remove_tcurlora_groups",
+    "select_cur_indices",
+]
+
+GROUPS_ATTRIBUTE = "tcurlora_groups"
+HOOKS_ATTRIBUTE = "medpeft_tcurlora_hooks"
+
+
+@dataclass
+class TCURLoRAConfig:
+    """Options of tCURLoRA.
+
+    Args:
+        rank: number of selected columns and rows ``r`` (the paper uses 1).
+        grouping: ``"shape"``: every target with the same weight shape joins one stacked tensor (the
+            paper's setup); ``"name"``: one tensor per target pattern (and per shape within a pattern).
+        split_qkv: treat a fused ``*qkv`` linear of shape ``[3 d, d]`` as three ``[d, d]`` members.
+    """
+
+    rank: int = 1
+    grouping: Literal["shape", "name"] = "shape"
+    split_qkv: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or self.rank <= 0:
+            raise ValueError(f"tCURLoRA rank must be a positive int, got {self.rank!r}")
+        if self.grouping not in ("shape", "name"):
+            raise ValueError(f"tCURLoRA grouping must be 'shape' or 'name', got {self.grouping!r}")
+
+
+def frequency_weights(n3: int) -> torch.Tensor:
+    """How many of the ``n3`` full-spectrum slices each ``rfft`` slice stands for: ``[n3 // 2 + 1]``.
+
+    Slice 0 (and ``n3 / 2`` when ``n3`` is even) is its own mirror; every other one also stands for its
+    conjugate.
+    """
+    weights = torch.full((n3 // 2 + 1,), 2.0)
+    weights[0] = 1.0
+    if n3 % 2 == 0:
+        weights[-1] = 1.0
+    return weights
+
+
+def select_cur_indices(spectrum: torch.Tensor, n3: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick the ``rank`` columns, then rows, of largest summed norm over all ``n3`` frequencies.
+
+    Args:
+        spectrum: ``What = rfft(W, dim=0)``, complex ``[n3 // 2 + 1, n1, n2]``.
+        n3: the number of stacked slices (the mirrored frequencies are counted twice).
+        rank: how many columns and rows to keep.
+
+    Returns:
+        ``(col_index [rank], row_index [rank])``, each sorted ascending.
+    """
+    weights = frequency_weights(n3).to(spectrum.real.dtype)
+    col_scores = torch.einsum("f,fc->c", weights, torch.linalg.vector_norm(spectrum, dim=1))  # norms of columns
+    col_index = torch.topk(col_scores, rank).indices.sort().values
+    selected = spectrum[:, :, col_index]  # [F, n1, r]
+    row_scores = torch.einsum("f,fj->j", weights, torch.linalg.vector_norm(selected, dim=2))  # norms of rows
+    row_index = torch.topk(row_scores, rank).indices.sort().values
+    return col_index, row_index
+
+
+class TCURGroup(nn.Module):
+    """One stacked tensor of same-shape members and its trainable Fourier-domain CUR cores.
+
+    Args:
+        weights: the members' frozen weights stacked in model traversal order, ``[n3, n1, n2]``.
+        rank: ``r``.
+        members: ``(module name, slice index within that module)`` for each of the ``n3`` slices.
+    """
+
+    def __init__(self, weights: torch.Tensor, rank: int, members: list[tuple[str, int]]) -> None:
+        super().__init__()
+        n3, n1, n2 = weights.shape
+        if rank > min(n1, n2):
+            raise ValueError(f"tCURLoRA rank {rank} exceeds the member shape {n1} x {n2}")
+        self.n3, self.n1, self.n2, self.rank = n3, n1, n2, rank
+        self.members = list(members)
+        spectrum = torch.fft.rfft(weights.detach().float(), dim=0)  # [F, n1, n2] complex, F = n3 // 2 + 1
+        col_index, row_index = select_cur_indices(spectrum, n3, rank)
+        self.register_buffer("col_index", col_index)
+        self.register_buffer("row_index", row_index)
+        # C and R are functions of the frozen base weights and the indices: rebuilt at injection, not saved.
+        self.register_buffer("cur_C", spectrum[:, :, col_index].contiguous(), persistent=False)  # [F, n1, r]
+        self.register_buffer("cur_R", spectrum[:, row_index, :].contiguous(), persistent=False)  # [F, r, n2]
+        # dU as real pairs [F, r, r, 2] (view_as_complex): optimisers and safetensors handle real tensors.
+        self.tcur_dU = nn.Parameter(torch.zeros(spectrum.shape[0], rank, rank, 2, device=weights.device))
+        self._cached_delta: torch.Tensor | None = None
+        self.caching = False
+
+    def compute_delta(self) -> torch.Tensor:
+        """The group's real delta ``irfft(C dU R)``: ``[n3, n1, n2]``."""
+        dU = torch.view_as_complex(self.tcur_dU)  # [F, r, r]
+        core = (self.cur_C @ dU) @ self.cur_R  # [F, n1, r] @ [F, r, r] @ [F, r, n2] -> [F, n1, n2]
+        return torch.fft.irfft(core, n=self.n3, dim=0)
+
+    def delta(self) -> torch.Tensor:
+        """``compute_delta()``, computed once per forward pass of the injected module while it runs."""
+        if not self.caching:
+            return self.compute_delta()
+        if self._cached_delta is None:
+            self._cached_delta = self.compute_delta()
+        return self._cached_delta
+
+    def start_forward_pass(self) -> None:
+        self._cached_delta, self.caching = None, True
+
+    def end_forward_pass(self) -> None:
+        self._cached_delta, self.caching = None, False
+
+
+class TCURLoRALayer(AdapterLayer):
+    """A member layer of a :class:`TCURGroup`; its delta is its slices of the group delta.
+
+    Args:
+        base_layer: the frozen layer.
+        group: the group holding this layer's slices (not registered as a submodule here: it lives in the
+            injected root module's ``tcurlora_groups`` so its parameters are counted and saved once).
+        slices: indices of this layer's slices in the group, in output-row order (three for a split qkv).
+    """
+
+    def __init__(self, base_layer: nn.Module, group: TCURGroup, slices: list[int]) -> None:
+        super().__init__(base_layer)
+        self.__dict__["group"] = group  # plain attribute: see Args
+        self.slices = list(slices)
+
+    def compute_delta_weight(self) -> torch.Tensor:
+        weight = self.base_layer.weight
+        delta = self.group.delta()[self.slices]  # [len(slices), n1, n2]
+        return delta.reshape(weight.shape)  # stacked along rows: q, k, v squares -> [3 d, d]
+
+
+def _member_shape(module: nn.Module, split_qkv: bool, name: str) -> tuple[int, tuple[int, int]]:
+    """How many square members a layer contributes and their ``(n1, n2)`` shape."""
+    weight = module.weight
+    rows, cols = weight.shape[0], weight[0].numel()
+    if split_qkv and isinstance(module, nn.Linear) and name.endswith("qkv") and rows == 3 * cols:
+        return 3, (cols, cols)
+    return 1, (rows, cols)
+
+
+@register_adapter("tcurlora", TCURLoRAConfig)
+def apply_tcurlora(root: nn.Module, matches: list[tuple[str, nn.Module, str]], config: TCURLoRAConfig) -> None:
+    """Stack the matched layers into groups, build each group's CUR cores, and wrap every member layer.
+
+    Groups are registered in ``root.tcurlora_groups`` (an ``nn.ModuleDict``) and ``root`` gets forward hooks
+    that let each group compute its delta once per forward pass.
+    """
+    layout: dict[tuple, list[tuple[str, nn.Module, int]]] = {}
+    for name, module, pattern in matches:  # matches come in named_modules() order
+        count, shape = _member_shape(module, config.split_qkv, name)
+        key = (shape,) if config.grouping == "shape" else (pattern, shape)
+        layout.setdefault(key, []).append((name, module, count))
+
+    groups = nn.ModuleDict()
+    for key, layers in layout.items():
+        n1, n2 = key[-1]
+        stacked = torch.cat([module.weight.detach().reshape(count, n1, n2) for _, module, count in layers])
+        members = [(name, j) for name, _, count in layers for j in range(count)]
+        group = TCURGroup(stacked, config.rank, members)
+        group_name = f"g{len(groups)}_{n1}x{n2}"
+        groups[group_name] = group
+        start = 0
+        for name, module, count in layers:
+            replace_module(root, name, TCURLoRALayer(module, group, list(range(start, start + count))))
+            start += count
+    root.add_module(GROUPS_ATTRIBUTE, groups)
+
+    handles = [root.register_forward_pre_hook(_start_forward_pass), root.register_forward_hook(_end_forward_pass)]
+    root.__dict__[HOOKS_ATTRIBUTE] = handles
+
+
+def remove_tcurlora_groups(root: nn.Module) -> None:
+    """Drop the groups and their forward hooks from ``root`` (after the members were unloaded)."""
+    for handle in root.__dict__.pop(HOOKS_ATTRIBUTE, []):
+        handle.remove()
+    if hasattr(root, GROUPS_ATTRIBUTE):
+        delattr(root, GROUPS_ATTRIBUTE)
+
+
+# Hooks look the groups up on the module they are called with, so they stay right on a deep copy.
+def _start_forward_pass(root: nn.Module, _args: tuple) -> None:
+    for group in getattr(root, GROUPS_ATTRIBUTE).values():
+        group.start_forward_pass()
+
+
+def _end_forward_pass(root: nn.Module, _args: tuple, _output: object) -> None:
+    for group in getattr(root, GROUPS_ATTRIBUTE).values():
+        group.end_forward_pass()

@@ -1,0 +1,46 @@
+"""Tiny random-init timm encoders shared by the adapter tests."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+# (model name, create_model kwargs, input size, presets to adapt). Random-init ResNets zero the last BN
+# of every residual block (zero_init_last), which would hide any change inside the block.
+ENCODERS = {
+    "vit": ("vit_tiny_patch16_224", {"img_size": 32}, 32, ["attn", "mlp"]),
+    "swin": ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 4}, 64, ["attn", "mlp"]),
+    "resnet": ("resnet18", {"zero_init_last": False}, 64, ["conv"]),
+}
+METHOD_OPTIONS = {"lora": {"rank": 4, "alpha": 8.0}, "trm": {"rank": 2, "order": 3}, "tcurlora": {"rank": 2}}
+
+
+def make_encoder(family: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """A random-init timm model in eval mode and a matching input batch ``[2, 3, S, S]``."""
+    name, kwargs, size, _ = ENCODERS[family]
+    torch.manual_seed(seed)
+    # No stochastic depth: a dropped residual branch would get no gradient by chance.
+    model = timm.create_model(name, pretrained=False, num_classes=8, drop_path_rate=0.0, **kwargs).eval()
+    return model, torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
+
+
+@torch.no_grad()
+def randomize_adapters(model: nn.Module, scale: float = 0.05, seed: int = 0) -> None:
+    """Give every adapter parameter random non-zero values (zero-init factors hide bugs)."""
+    from medpeft.adapters import adapter_parameters
+
+    generator = torch.Generator().manual_seed(seed)
+    for parameter in adapter_parameters(model):
+        parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+@pytest.fixture(params=sorted(ENCODERS))
+def family(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=sorted(METHOD_OPTIONS))
+def method(request: pytest.FixtureRequest) -> str:
+    return request.param

@@ -1,0 +1,77 @@
+"""Target selection, presets, block indices and the errors of inject_adapters."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from medpeft.adapters import AdapterLayer, inject_adapters
+from medpeft.adapters.inject import block_indices
+
+
+def vit(depth: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=depth)
+
+
+def test_returns_sorted_names_and_presets_expand():
+    model = vit()
+    names = inject_adapters(model, "lora", ["mlp", "attn"], rank=2)
+    assert names == sorted(
+        f"blocks.{b}.{layer}" for b in range(3) for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    )
+    assert all(isinstance(model.get_submodule(n), AdapterLayer) for n in names)
+    assert isinstance(model.get_submodule("blocks.0.attn.qkv").base_layer, nn.Linear)
+
+
+def test_glob_matches_as_suffix_inside_features_only_wrapper():
+    torch.manual_seed(0)
+    encoder = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=3, features_only=True)
+    names = inject_adapters(encoder, "trm", ["blocks.*.attn.qkv"], rank=1)
+    assert names == [f"model.blocks.{b}.attn.qkv" for b in range(3)]
+
+
+def test_regex_targets():
+    names = inject_adapters(vit(), "lora", ["re:blocks\\.[02]\\.mlp\\.fc1"], rank=1)
+    assert names == ["blocks.0.mlp.fc1", "blocks.2.mlp.fc1"]
+
+
+def test_block_indices_across_families():
+    assert inject_adapters(vit(), "lora", ["qkv"], blocks=[0, -1], rank=1) == ["blocks.0.attn.qkv", "blocks.2.attn.qkv"]
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=64, window_size=4)
+    assert len(block_indices(swin)) == 12  # 2 + 2 + 6 + 2 blocks numbered across stages
+    assert inject_adapters(swin, "lora", ["qkv"], blocks=[4], rank=1) == ["layers.2.blocks.0.attn.qkv"]
+    resnet = timm.create_model("resnet18", pretrained=False)
+    assert inject_adapters(resnet, "lora", ["conv"], blocks=[7], rank=1) == ["layer4.1.conv1", "layer4.1.conv2"]
+
+
+def test_all_linear_skips_the_classifier_head():
+    names = inject_adapters(vit(depth=1), "lora", ["all-linear"], rank=1)
+    assert "head" not in names and "blocks.0.attn.qkv" in names and len(names) == 4
+
+
+def test_nothing_matched_lists_candidates():
+    with pytest.raises(ValueError, match=r"matched no module.*blocks\.0\.attn\.qkv"):
+        inject_adapters(vit(), "lora", ["decoder.*"], rank=1)
+
+
+def test_unknown_method_and_option():
+    with pytest.raises(ValueError, match=r"unknown adapter method 'dora'.*lora"):
+        inject_adapters(vit(), "dora", ["attn"])
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['rnak'\].*rank"):
+        inject_adapters(vit(), "lora", ["attn"], rnak=4)
+    with pytest.raises(ValueError, match="rank must be a positive int"):
+        inject_adapters(vit(), "trm", ["attn"], rank=0)
+    with pytest.raises(ValueError, match="out of range"):
+        inject_adapters(vit(), "lora", ["attn"], blocks=[3], rank=1)
+
+
+def test_non_layer_match_and_double_injection_refused():
+    with pytest.raises(ValueError, match="Attention.*nn.Linear"):
+        inject_adapters(vit(), "lora", ["blocks.0.attn"], rank=1)
+    model = vit()
+    inject_adapters(model, "lora", ["attn"], rank=1)
+    with pytest.raises(ValueError, match="already has adapters"):
+        inject_adapters(model, "lora", ["mlp"], rank=1)
