@@ -1,0 +1,170 @@
+"""Lightning DataModule over any registered segmentation dataset.
+
+Lifecycle (Lightning conventions): ``__init__`` only stores and checks arguments (no I/O); ``prepare_data`` creates
+data that can be created (the synthetic demo sets) and runs once per node; ``setup`` builds the train / val / test
+datasets through :func:`~medpeft.data.registry.build_dataset` and records which case ids went where.
+
+Decisions:
+
+* ``setup`` builds all three splits whatever the stage, so :attr:`SegmentationDataModule.split` is always complete
+  and can be saved with every run; building an uncached split only lists files. Only ``train`` and ``val`` use
+  ``cache_rate``: the test split is read once, at the end.
+* The test split is held out: it is never used for training or model selection (``val`` is).
+* Loaders are ``monai.data.DataLoader``: it seeds the random transforms of every worker from the loader's generator,
+  so augmentation is reproducible for any ``num_workers``. The training loader shuffles with a generator seeded by
+  ``seed``; val / test loaders keep a fixed order and never augment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from monai.data import DataLoader
+
+from medpeft.data.registry import SegmentationDataset, build_dataset, dataset_info
+from medpeft.data.splits import SPLIT_NAMES, save_split_json
+
+__all__ = ["SegmentationDataModule"]
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Train / val / test loaders of a registered 2D segmentation dataset.
+
+    Batches are ``{"image": float32 [B, C, S, S] in [0, 1], "label": int64 [B, 1, S, S], "name": list[str]}``.
+
+    Args:
+        dataset: Registered dataset name (``"isic2018"``, ``"demo"``, ``"demo_source"``, ...).
+        root: Dataset folder; ``None`` uses the dataset's default (``datasets/demo`` for ``"demo"``).
+        image_size: Side ``S`` of the square images and labels.
+        batch_size: Batch size of all loaders.
+        num_workers: Loader worker processes; ``0`` loads in the main process.
+        seed: Seed of the split, of the training shuffle and of the augmentation draws.
+        val_fraction: Fraction of the cases used for validation (when the dataset has no official validation set).
+        test_fraction: Fraction of the cases held out for testing (when the dataset has no official test set).
+        augment: Random flips, 90-degree rotations and intensity jitter on the training split.
+        cache_rate: Fraction of train / val cases kept in memory after loading and resizing (MONAI
+            ``CacheDataset``); ``0`` reads files on every access.
+
+    Raises:
+        ValueError: If ``dataset`` is not registered, or a size / count argument is out of range.
+
+    Example:
+        >>> dm = SegmentationDataModule(dataset="demo", root="datasets/demo", batch_size=8)
+        >>> dm.num_classes, dm.in_channels
+        (2, 3)
+    """
+
+    def __init__(
+        self,
+        dataset: str = "demo",
+        root: str | None = None,
+        image_size: int = 128,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        augment: bool = True,
+        cache_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        info = dataset_info(dataset)  # fails early, listing the registered names
+        if image_size < 1 or batch_size < 1 or num_workers < 0:
+            raise ValueError(
+                f"need image_size >= 1, batch_size >= 1 and num_workers >= 0, "
+                f"got {image_size}, {batch_size} and {num_workers}"
+            )
+        self.save_hyperparameters()
+        self.dataset = dataset
+        self.root = root if root is not None else info.default_root
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.augment = augment
+        self.cache_rate = cache_rate
+        self.datasets: dict[str, SegmentationDataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        """Number of label classes, background included (2 for binary tasks)."""
+        return dataset_info(self.dataset).num_classes
+
+    @property
+    def in_channels(self) -> int:
+        """Number of image channels."""
+        return dataset_info(self.dataset).in_channels
+
+    @property
+    def split(self) -> dict[str, list[str]]:
+        """Case ids of each split, ``{"train": [...], "val": [...], "test": [...]}``; available after ``setup``."""
+        if len(self.datasets) < len(SPLIT_NAMES):
+            raise RuntimeError("the split is known only after setup(); call dm.setup('fit') first")
+        return {name: list(self.datasets[name].case_ids) for name in SPLIT_NAMES}
+
+    def prepare_data(self) -> None:
+        """Create the data if the dataset knows how to (the synthetic demo sets); real data is never downloaded."""
+        prepare = dataset_info(self.dataset).prepare
+        if prepare is not None and self.root is not None:
+            prepare(Path(self.root))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the train, val and test datasets (once; later calls reuse them).
+
+        Args:
+            stage: Lightning stage (``"fit"``, ``"validate"``, ``"test"``, ``"predict"`` or ``None``); all splits
+                are built whatever the stage, see the module docstring.
+        """
+        for name in SPLIT_NAMES:
+            if name in self.datasets:
+                continue
+            self.datasets[name] = build_dataset(
+                self.dataset,
+                self.root,
+                split=name,
+                image_size=self.image_size,
+                seed=self.seed,
+                val_fraction=self.val_fraction,
+                test_fraction=self.test_fraction,
+                augment=self.augment and name == "train",
+                cache_rate=self.cache_rate if name != "test" else 0.0,
+            )
+
+    def save_split(self, path: str | os.PathLike[str]) -> Path:
+        """Write :attr:`split` to ``path`` as JSON, atomically (temporary file, then ``os.replace``).
+
+        Returns:
+            The destination path.
+        """
+        return save_split_json(self.split, path)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        if name not in self.datasets:
+            raise RuntimeError(f"no {name} dataset yet; call dm.setup() first")
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            # A fresh generator per loader: every fit sees the same order and augmentation draws.
+            generator=torch.Generator().manual_seed(self.seed),
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented training batches."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in a fixed order."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Held-out test batches in a fixed order."""
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,118 @@
+"""Deterministic train / val / test splits of case ids.
+
+A split is a plain ``{"train": [...], "val": [...], "test": [...]}`` dict of sorted case ids. It depends only on
+the set of ids, the fractions, the seed and the optional grouping, never on file-system order, so the same data and
+seed give the same split on every machine. The test split is held out: it is never used for training or for model
+selection (checkpoint choice, early stopping, hyper-parameter search), which only look at ``val``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SPLIT_NAMES", "split_cases", "save_split_json"]
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+
+
+def _target_count(fraction: float, n_cases: int) -> int:
+    """Number of cases a split should get: rounded, but at least one when its fraction is positive."""
+    if fraction <= 0.0:
+        return 0
+    return max(1, round(fraction * n_cases))
+
+
+def split_cases(
+    ids: Iterable[str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    groups: Mapping[str, str] | None = None,
+) -> dict[str, list[str]]:
+    """Split case ids into train / val / test, deterministically and group-aware.
+
+    The ids are sorted, then grouped (each id is its own group unless ``groups`` says otherwise), and the sorted
+    groups are shuffled with ``numpy.random.Generator(PCG64(seed)).permutation``. Whole groups are dealt to ``test``
+    until it holds about ``test_fraction`` of the cases, then to ``val`` up to ``val_fraction``; the rest is
+    ``train``. Keeping a group together is what prevents leakage through near-duplicate images (BUSI) or through
+    several images of one patient. A split with a positive fraction gets at least one group as long as enough
+    groups remain for every non-empty split, and ``train`` is never emptied to fill the others.
+
+    Args:
+        ids: Case ids; must be unique.
+        val_fraction: Fraction of cases for validation, in ``[0, 1)``.
+        test_fraction: Fraction of cases for the held-out test set, in ``[0, 1)``.
+        seed: Seed of the permutation.
+        groups: Optional mapping ``id -> group key``; ids that share a key always land in the same split. Ids
+            missing from the mapping form their own group.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``, each list sorted; together they hold every id once.
+
+    Raises:
+        ValueError: If the ids are not unique, or the fractions are negative or sum to 1 or more.
+    """
+    ids = sorted(ids)
+    if len(set(ids)) != len(ids):
+        duplicates = sorted(case_id for case_id, count in Counter(ids).items() if count > 1)
+        raise ValueError(f"case ids must be unique, got duplicates {duplicates[:5]}")
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"need val_fraction >= 0, test_fraction >= 0 and val_fraction + test_fraction < 1, "
+            f"got val_fraction={val_fraction} and test_fraction={test_fraction}"
+        )
+
+    members: dict[str, list[str]] = {}
+    for case_id in ids:
+        # The "id:" / "group:" prefixes keep a lone id from colliding with a group key of the same spelling.
+        key = f"group:{groups[case_id]}" if groups is not None and case_id in groups else f"id:{case_id}"
+        members.setdefault(key, []).append(case_id)
+    units = [members[key] for key in sorted(members)]
+    order = np.random.default_rng(seed).permutation(len(units))
+
+    targets = {"test": _target_count(test_fraction, len(ids)), "val": _target_count(val_fraction, len(ids))}
+    split: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
+    position = 0
+    for name, later_needed in (("test", 1 + (targets["val"] > 0)), ("val", 1)):
+        # Stop early enough that every split still to be filled (val, then train) can get a group.
+        while len(split[name]) < targets[name] and position < len(units) - later_needed:
+            split[name].extend(units[order[position]])
+            position += 1
+    for index in order[position:]:
+        split["train"].extend(units[index])
+    return {name: sorted(split[name]) for name in SPLIT_NAMES}
+
+
+def save_split_json(split: Mapping[str, list[str]], path: str | os.PathLike[str]) -> Path:
+    """Write a split to JSON atomically.
+
+    The JSON goes to a temporary file in the destination folder first and is then moved over ``path`` with
+    ``os.replace``, so a crash mid-write never leaves a truncated split file behind.
+
+    Args:
+        split: ``{"train": [...], "val": [...], "test": [...]}``.
+        path: Destination file; missing parent folders are created.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {name: list(split[name]) for name in SPLIT_NAMES if name in split}
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
