@@ -1,0 +1,203 @@
+"""The LightningModule that trains and evaluates a built segmentation network.
+
+It follows Lightning's ``backbone_image_classifier.py`` example: the network is a plain ``nn.Module`` built
+(and, for PEFT, injected with adapters) outside and handed in; this module only adds the loss, the optimizer and
+schedule, and the metrics. Metrics are MONAI's, used in their per-batch call -> ``aggregate()`` -> ``reset()``
+cycle.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from functools import partial
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU, SurfaceDistanceMetric
+from torch import nn
+
+from medpeft.adapters import regularization_loss
+
+__all__ = ["SegmentationModule", "summarize_case_scores", "warmup_cosine"]
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup to 1, then cosine decay to ``min_lr_ratio``.
+
+    Warmup starts at ``1 / warmup_steps`` rather than 0 so that the first optimizer step is not wasted.
+
+    Args:
+        step: Optimizer steps taken so far (0 for the first step).
+        warmup_steps: Length of the linear warmup; 0 disables it.
+        total_steps: All optimizer steps of the run; the cosine ends here.
+        min_lr_ratio: Multiplier reached at ``total_steps`` (and kept after it).
+
+    Returns:
+        The factor that ``LambdaLR`` multiplies the peak learning rate by.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def summarize_case_scores(scores: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Average per-case metric scores per class and over classes, leaving out undefined cases.
+
+    MONAI marks a case as NaN when a metric is undefined for it (Dice/IoU with an empty ground-truth mask, the
+    surface distances with an empty prediction or ground truth; the average surface distance gives ``inf``
+    there instead, so non-finite values are treated alike). Such cases are excluded from the means and counted.
+
+    Args:
+        scores: Metric name -> per-case scores of shape ``[N, C]`` (N cases, C foreground classes; class ``c``
+            in column ``c - 1`` because the background is not scored).
+
+    Returns:
+        ``{name: mean over classes}`` for every metric (``None`` where nothing was defined), ``per_class``
+        mapping the class index (as a string, for JSON) to ``{name: mean, "n_excluded": {name: count}}``, and
+        ``n_test_cases``.
+    """
+    per_class: dict[str, dict[str, Any]] = {}
+    excluded: dict[str, dict[str, int]] = {}
+    class_means: dict[str, list[float]] = {name: [] for name in scores}
+    n_cases = 0
+    for name, values in scores.items():
+        values = values.double().cpu()
+        n_cases = values.shape[0]
+        for column in range(values.shape[1]):
+            key = str(column + 1)
+            defined = values[:, column][torch.isfinite(values[:, column])]
+            mean = float(defined.mean()) if defined.numel() else None
+            per_class.setdefault(key, {})[name] = mean
+            excluded.setdefault(key, {})[name] = int(values.shape[0] - defined.numel())
+            if mean is not None:
+                class_means[name].append(mean)
+    for key, counts in excluded.items():
+        per_class[key]["n_excluded"] = counts
+    summary: dict[str, Any] = {name: (sum(v) / len(v) if v else None) for name, v in class_means.items()}
+    summary["per_class"] = per_class
+    summary["n_test_cases"] = n_cases
+    return summary
+
+
+class SegmentationModule(pl.LightningModule):
+    """Train, validate and test a segmentation network with Dice+CE loss and MONAI metrics.
+
+    Loss is MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True)`` plus ``reg_weight`` times the adapters'
+    :func:`~medpeft.adapters.regularization_loss` (non-zero for TRM only). Only parameters with
+    ``requires_grad=True`` are optimized (AdamW; no weight decay on 1-D parameters: biases, norms, scales),
+    with a per-step linear-warmup + cosine schedule. Metrics are computed on argmax predictions over the
+    foreground classes only.
+
+    After :meth:`pytorch_lightning.Trainer.test`, :attr:`test_results` holds the output of
+    :func:`summarize_case_scores` for the per-image Dice, IoU, HD95 and average symmetric surface distance
+    (in pixels of the resized test images).
+
+    Args:
+        net: The segmenter, with ``net.encoder`` (where adapters live) and ``forward(x [B, C, H, W]) -> logits
+            [B, K, H, W]``; already frozen / injected as the fine-tuning method requires.
+        num_classes: ``K``, classes including background.
+        lr: Peak learning rate.
+        weight_decay: AdamW weight decay for matrices and kernels.
+        warmup_steps: Warmup length; a value ``< 1`` is a fraction of ``trainer.estimated_stepping_batches``.
+        min_lr_ratio: Final learning rate as a fraction of ``lr``.
+        reg_weight: Weight of the adapter regularization term.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_steps: int | float = 0.05,
+        min_lr_ratio: float = 0.01,
+        reg_weight: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.val_dice = DiceMetric(include_background=False, reduction="mean")
+        self.test_scores = {
+            "dice": DiceMetric(include_background=False, reduction="none"),
+            "iou": MeanIoU(include_background=False, reduction="none"),
+            "hd95": HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none"),
+            "asd": SurfaceDistanceMetric(include_background=False, symmetric=True, reduction="none"),
+        }
+        self.test_results: dict[str, Any] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _one_hot(self, labels: torch.Tensor) -> torch.Tensor:
+        # labels: (B, 1, H, W) or (B, H, W) class indices -> (B, K, H, W) one-hot, the metrics' input contract
+        labels = labels.reshape(labels.shape[0], *labels.shape[-2:]).long()
+        return F.one_hot(labels, self.hparams.num_classes).permute(0, 3, 1, 2).float()
+
+    def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.net(batch["image"])
+        loss = self.loss(logits, batch["label"])
+        return loss, self._one_hot(logits.argmax(dim=1)), self._one_hot(batch["label"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        task_loss = self.loss(self.net(batch["image"]), batch["label"])
+        loss = task_loss + self.hparams.reg_weight * regularization_loss(self.net.encoder)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, pred, target = self._step(batch)
+        self.val_dice(y_pred=pred, y=target)
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
+
+    def on_validation_epoch_end(self) -> None:
+        # DiceMetric gathers its buffers across ranks in aggregate(); an all-empty epoch aggregates to 0
+        self.log("val/dice", self.val_dice.aggregate().item(), prog_bar=True, sync_dist=True)
+        self.val_dice.reset()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        _, pred, target = self._step(batch)
+        with warnings.catch_warnings():
+            # empty masks are expected and counted by summarize_case_scores; MONAI would warn once per case
+            warnings.filterwarnings("ignore", message=".* is all 0, this may result in nan/inf distance")
+            warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
+            for metric in self.test_scores.values():
+                metric(y_pred=pred, y=target)
+
+    def on_test_epoch_end(self) -> None:
+        scores = {name: metric.aggregate() for name, metric in self.test_scores.items()}
+        for metric in self.test_scores.values():
+            metric.reset()
+        self.test_results = summarize_case_scores(scores)
+        for name in scores:
+            if self.test_results[name] is not None:
+                self.log(f"test/{name}", self.test_results[name])
+
+    def on_fit_start(self) -> None:
+        total = sum(p.numel() for p in self.net.parameters())
+        trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+        share = 100 * trainable / max(1, total)
+        self.print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.hparams.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.lr)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("the learning-rate schedule needs a finite run; set trainer.max_steps or max_epochs")
+        warmup = self.hparams.warmup_steps
+        warmup = int(warmup * total) if warmup < 1 else int(warmup)
+        schedule = partial(
+            warmup_cosine, warmup_steps=warmup, total_steps=int(total), min_lr_ratio=self.hparams.min_lr_ratio
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,341 @@
+"""Train-then-test orchestration behind ``scripts/train.py``.
+
+One call of :func:`main` is one run: validate the config, create the run directory, train with Lightning, reload
+the best checkpoint, evaluate it on the held-out test split and write ``metrics.json``. The run directory
+``<output_dir>/<config stem>/<YYYYmmdd-HHMMSS>`` then holds::
+
+    config.yaml           resolved config (re-runnable with --config)   written first
+    split.json            the train/val/test case names                  before training
+    checkpoints/*.ckpt    best (by val/dice) and last.ckpt               as training goes
+    csv/metrics.csv       per-step and per-epoch logs (plus tensorboard/ event files)
+    adapter.safetensors   adapter weights of the best checkpoint (PEFT methods only)   at the end
+    metrics.json          test metrics, parameter counts, GFLOPs, timing               at the end, atomically
+
+so a crash loses nothing already done, and a ``metrics.json`` that exists is complete.
+
+User errors that can be detected before training (invalid config, missing dataset or pretrained weights, a
+dataset/model mismatch, adapter targets that match nothing) print one line to stderr and exit with status 2,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+
+from medpeft.adapters import inject_adapters, save_adapter
+from medpeft.data import DatasetNotFoundError, SegmentationDataModule
+from medpeft.models import PretrainedWeightsError, build_segmenter, count_parameters, measure_gflops
+from medpeft.training.config import (
+    PEFT_METHODS,
+    AdapterConfig,
+    Config,
+    ConfigError,
+    load_config,
+    save_config,
+    write_text_atomic,
+)
+from medpeft.training.module import SegmentationModule
+
+__all__ = ["apply_finetuning", "build_parser", "build_trainer", "main", "make_run_dir", "trainer_options"]
+
+# Lightning's DDP launcher re-runs this script once per extra device; those processes must reuse rank 0's run
+# directory instead of creating their own timestamped one. Children inherit the environment, so rank 0 leaves the
+# path here before the launcher starts them.
+_RUN_DIR_ENV = "MEDPEFT_RUN_DIR"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser of ``scripts/train.py``."""
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description=(
+            "Fine-tune a segmentation model (full, decoder-only, LoRA, TRM or tCURLoRA) as described by a YAML "
+            "config, then evaluate the best checkpoint on the held-out test split. Results go to "
+            "<output_dir>/<config stem>/<timestamp>/ (config.yaml, split.json, checkpoints/, logs, metrics.json, "
+            "adapter.safetensors). Exits with status 2 on a config or data error."
+        ),
+    )
+    parser.add_argument("--config", required=True, metavar="FILE", help="YAML experiment config (see configs/).")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        nargs="+",
+        action="extend",
+        default=[],
+        help=(
+            "override a config value by its dotted key, e.g. --set adapter.rank=8 trainer.max_epochs=2 "
+            "optim.lr=1e-3 adapter.blocks=[0,1]; values are parsed as YAML. Repeatable."
+        ),
+    )
+    return parser
+
+
+def _exit_with_error(message: str) -> NoReturn:
+    """Report a user error without a traceback. Config errors are one line; data and weight errors may add hint
+    lines (expected layout, where to download) after their first line, which names what is missing."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def make_run_dir(output_dir: str | os.PathLike[str], name: str) -> Path:
+    """Create and return ``<output_dir>/<name>/<YYYYmmdd-HHMMSS>``, adding ``-1``, ``-2``, ... if it exists."""
+    inherited = os.environ.get(_RUN_DIR_ENV)
+    if inherited and int(os.environ.get("LOCAL_RANK", "0")) > 0:
+        return Path(inherited)
+    parent = Path(output_dir) / name
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        run_dir = parent / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            run_dir.mkdir()  # exist_ok=False: two runs started in the same second never share a directory
+        except FileExistsError:
+            continue
+        os.environ[_RUN_DIR_ENV] = str(run_dir)
+        return run_dir
+    raise FileExistsError(f"could not create a fresh run directory under {parent}")
+
+
+def apply_finetuning(net: nn.Module, adapter: AdapterConfig) -> list[str]:
+    """Set which parameters of ``net`` train, as ``adapter.method`` says; the decoder always trains.
+
+    Args:
+        net: A segmenter from :func:`medpeft.models.build_segmenter` (has ``.encoder``).
+        adapter: The ``adapter`` config section.
+
+    Returns:
+        The qualified names (inside ``net.encoder``) of the layers given adapters; empty for ``full`` and
+        ``decoder_only``.
+
+    Raises:
+        ValueError: The adapter options do not fit the encoder (e.g. ``targets`` match no layer).
+    """
+    net.requires_grad_(True)
+    if adapter.method == "full":
+        return []
+    if adapter.method == "decoder_only":
+        net.encoder.requires_grad_(False)
+        return []
+    return inject_adapters(
+        net.encoder,
+        method=adapter.method,
+        targets=adapter.targets,
+        blocks=adapter.blocks,
+        rank=adapter.rank,
+        **adapter.method_options(),
+    )
+
+
+def trainer_options(trainer: dict[str, Any]) -> dict[str, Any]:
+    """Return the user's ``trainer`` section completed with this project's defaults.
+
+    - ``precision="16-mixed"`` when the accelerator resolves to a CUDA GPU and the user set no precision:
+      mixed precision roughly halves activation memory and speeds up ViTs on tensor cores, and the Dice/argmax
+      metrics are insensitive to it. Set ``trainer.precision: 32-true`` to opt out.
+    - ``deterministic="warn"`` unless set: deterministic algorithms wherever PyTorch has them, and a warning
+      (not an error, as ``True`` would give) for ops that have none, e.g. some CUDA interpolation backwards.
+    """
+    options = dict(trainer)
+    options.setdefault("deterministic", "warn")
+    accelerator = str(options.get("accelerator", "auto")).lower()
+    if "precision" not in options and accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        options["precision"] = "16-mixed"
+    return options
+
+
+def _build_datamodule(cfg: Config) -> SegmentationDataModule:
+    """Build the data module and run its setup now, so a missing dataset is reported before the model is built."""
+    data = cfg.data
+    try:
+        datamodule = SegmentationDataModule(
+            dataset=data.dataset,
+            root=data.root,
+            image_size=data.image_size,
+            batch_size=data.batch_size,
+            num_workers=data.num_workers,
+            seed=data.split_seed,
+            val_fraction=data.val_fraction,
+            test_fraction=data.test_fraction,
+            **data.options,
+        )
+    except (TypeError, ValueError) as err:  # unregistered dataset, or a data.options key it does not take
+        _exit_with_error(f"invalid 'data' section: {err}")
+    try:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    except DatasetNotFoundError as err:
+        _exit_with_error(str(err))
+    for key, found in (("num_classes", datamodule.num_classes), ("in_channels", datamodule.in_channels)):
+        configured = getattr(cfg.model, key)
+        if found != configured:
+            _exit_with_error(
+                f"'model.{key}' is {configured} but dataset '{data.dataset}' has {found}; set model.{key}: {found}"
+            )
+    return datamodule
+
+
+def build_trainer(cfg: Config, run_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """Return the Trainer of a run and its checkpoint callback (best by ``val/dice`` plus ``last.ckpt``).
+
+    Logs go to ``run_dir/csv`` and ``run_dir/tensorboard``; gradients are clipped by norm at ``optim.grad_clip``;
+    the ``trainer`` section is completed by :func:`trainer_options`.
+    """
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best-epoch{epoch:03d}-step{step:06d}",
+        auto_insert_metric_name=False,  # "val/dice" in a file name would create a sub-directory
+        monitor="val/dice",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+    )
+    trainer = pl.Trainer(
+        default_root_dir=run_dir,
+        logger=[
+            CSVLogger(save_dir=run_dir, name="csv", version=""),
+            TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
+        ],
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        **trainer_options(cfg.trainer),
+    )
+    return trainer, checkpoint
+
+
+def _json_number(value: float | None) -> float | None:
+    # JSON has no NaN/inf; an undefined mean is written as null
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _collect_metrics(
+    cfg: Config, net: nn.Module, results: dict[str, Any], n_adapted: int, best: str | None, train_seconds: float
+) -> dict[str, Any]:
+    """Assemble ``metrics.json``: test metrics (see :func:`~medpeft.training.module.summarize_case_scores`),
+    parameter counts (:func:`~medpeft.models.count_parameters`), GFLOPs per image at the configured size with the
+    adapters unmerged (as trained; merging gives the base model's cost), and run facts."""
+    counts = count_parameters(net)
+    image_shape = (1, cfg.model.in_channels, cfg.data.image_size, cfg.data.image_size)
+    return {
+        "method": cfg.adapter.method,
+        "encoder": cfg.model.encoder,
+        "dataset": cfg.data.dataset,
+        "seed": cfg.seed,
+        **{name: _json_number(results[name]) for name in ("dice", "iou", "hd95", "asd")},
+        "per_class": {
+            c: {k: (_json_number(v) if k != "n_excluded" else v) for k, v in entry.items()}
+            for c, entry in results["per_class"].items()
+        },
+        "n_test_cases": results["n_test_cases"],
+        **{key: int(counts[key]) for key in counts},
+        "adapter_fraction_of_encoder": counts["adapter_params"] / max(1, counts["encoder_params"]),
+        "adapted_modules": n_adapted,
+        "gflops": measure_gflops(net, input_shape=image_shape),
+        "image_size": cfg.data.image_size,
+        "best_checkpoint": best,
+        "train_seconds": round(train_seconds, 2),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run one experiment: ``train.py --config FILE [--set KEY=VALUE ...]``.
+
+    Args:
+        argv: Command-line arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        The run directory.
+
+    Raises:
+        SystemExit: With status 2 on bad command-line arguments and on a config, dataset, pretrained-weights,
+            model or adapter-target error, reported on stderr without a traceback (see :func:`_exit_with_error`).
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        _exit_with_error(str(err))
+
+    run_dir = make_run_dir(cfg.output_dir, Path(args.config).stem)
+    print(f"run directory: {run_dir}")
+    save_config(cfg, run_dir / "config.yaml")
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = _build_datamodule(cfg)
+    try:
+        net = build_segmenter(
+            encoder=cfg.model.encoder,
+            pretrained=cfg.model.pretrained,
+            decoder=cfg.model.decoder,
+            in_channels=cfg.model.in_channels,
+            num_classes=cfg.model.num_classes,
+            img_size=cfg.data.image_size,
+        )
+    except PretrainedWeightsError as err:
+        _exit_with_error(str(err))
+    except ValueError as err:  # unknown decoder or encoder family, or a decoder that does not fit the encoder
+        _exit_with_error(f"invalid 'model' section: {err}")
+    try:
+        adapted = apply_finetuning(net, cfg.adapter)
+    except ValueError as err:
+        _exit_with_error(f"adapter '{cfg.adapter.method}' does not fit encoder '{cfg.model.encoder}': {err}")
+    if adapted:
+        print(f"{cfg.adapter.method}: adapters on {len(adapted)} encoder layers ({adapted[0]} ... {adapted[-1]})")
+    datamodule.save_split(run_dir / "split.json")
+
+    module = SegmentationModule(
+        net,
+        num_classes=cfg.model.num_classes,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        warmup_steps=cfg.optim.warmup_steps,
+        min_lr_ratio=cfg.optim.min_lr_ratio,
+        reg_weight=cfg.adapter.reg_weight,
+    )
+    trainer, checkpoint = build_trainer(cfg, run_dir)
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+
+    # The best checkpoint by val/dice; last.ckpt if validation never ran; the final weights if checkpointing is
+    # off (fast_dev_run). weights_only=True: the checkpoint holds tensors and plain hyper-parameters only.
+    best = checkpoint.best_model_path or checkpoint.last_model_path or None
+    trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+    if not trainer.is_global_zero:
+        return run_dir
+
+    if cfg.adapter.method in PEFT_METHODS:
+        save_adapter(net.encoder, run_dir / "adapter.safetensors")
+    metrics = _collect_metrics(cfg, net, module.test_results, len(adapted), best, train_seconds)
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+    print(f"run directory: {run_dir}")
+    print(
+        f"test ({metrics['n_test_cases']} cases): dice {_fmt(metrics['dice'])} | iou {_fmt(metrics['iou'])} | "
+        f"hd95 {_fmt(metrics['hd95'])} px | asd {_fmt(metrics['asd'])} px"
+    )
+    print(
+        f"params: trainable {metrics['trainable_params']:,d} of {metrics['total_params']:,d} | "
+        f"adapter {metrics['adapter_params']:,d} ({100 * metrics['adapter_fraction_of_encoder']:.3f}% of encoder) | "
+        f"{metrics['gflops']:.3f} GFLOPs/image"
+    )
+    return run_dir

@@ -1,0 +1,61 @@
+"""TimmEncoder: feature maps agree with the reported channels/strides, NCHW, and module names adapters target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medpeft.models import TimmEncoder
+from medpeft.models.encoder import _swin_window_size, encoder_family
+
+CASES = [
+    # (name, in_channels, expected out_channels, expected reductions)
+    ("vit_tiny_patch16_224", 1, [192] * 4, [16] * 4),
+    ("swin_tiny_patch4_window7_224", 3, [96, 192, 384, 768], [4, 8, 16, 32]),
+    ("resnet18", 1, [64, 64, 128, 256, 512], [2, 4, 8, 16, 32]),
+]
+
+
+@pytest.mark.parametrize("name, in_channels, channels, reductions", CASES)
+def test_features_match_reported_channels_and_strides(name, in_channels, channels, reductions):
+    size = 64
+    encoder = TimmEncoder(name, in_channels=in_channels, img_size=size)
+    assert encoder.out_channels == channels
+    assert encoder.reductions == reductions
+    assert len(encoder.mean) == len(encoder.std) == in_channels
+
+    features = encoder(torch.rand(2, in_channels, size, size))
+
+    # NCHW: channel axis 1, spatial size = input / stride (Swin's NHWC must have been permuted)
+    assert [tuple(f.shape) for f in features] == [(2, c, size // r, size // r) for c, r in zip(channels, reductions)]
+
+
+def test_vit_default_out_indices_and_module_names():
+    encoder = TimmEncoder("vit_tiny_patch16_224", in_channels=3, img_size=32)
+    names = dict(encoder.named_modules())
+    assert encoder.out_indices == (2, 5, 8, 11)  # 4 evenly spaced blocks ending at the last
+    assert "model.blocks.3.attn.qkv" in names  # no extra "model." level from timm's FeatureGetterNet
+    assert encoder.mean == [0.5, 0.5, 0.5]
+
+
+def test_vit_custom_out_indices():
+    encoder = TimmEncoder("vit_tiny_patch16_224", in_channels=3, img_size=32, out_indices=(1, 3))
+    assert encoder.out_indices == (1, 3)
+    assert len(encoder(torch.rand(1, 3, 32, 32))) == 2
+
+
+def test_single_channel_statistics_are_the_rgb_average():
+    encoder = TimmEncoder("resnet18", in_channels=1, img_size=32)
+    assert encoder.mean == pytest.approx([(0.485 + 0.456 + 0.406) / 3])
+    assert encoder.std == pytest.approx([(0.229 + 0.224 + 0.225) / 3])
+
+
+@pytest.mark.parametrize("img_size, window", [(224, 7), (128, 8), (64, 4), (256, 8)])
+def test_swin_window_tiles_the_grid(img_size, window):
+    assert _swin_window_size("swin_tiny_patch4_window7_224", img_size) == window
+    assert (img_size // 4 // 4) % window == 0  # third stage's grid, hence the first two, need no padding
+
+
+def test_unsupported_family_names_the_supported_ones():
+    with pytest.raises(ValueError, match=r"vit_\*.*swin_\*.*resnet\*"):
+        encoder_family("convnext_tiny")

@@ -1,0 +1,150 @@
+"""End-to-end tests of ``scripts/train.py``: tiny train-then-test runs per fine-tuning mode, and user errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from medpeft.data import generate_demo_isic
+from medpeft.training.config import load_config
+from medpeft.training.module import summarize_case_scores, warmup_cosine
+from medpeft.training.run import make_run_dir, trainer_options
+
+REPO = Path(__file__).resolve().parents[2]
+
+METRIC_KEYS = {
+    "dice", "iou", "hd95", "asd", "per_class", "trainable_params", "adapter_params", "decoder_params",
+    "encoder_params", "total_params", "adapter_fraction_of_encoder", "gflops", "method", "encoder", "dataset",
+    "seed", "n_test_cases", "best_checkpoint", "train_seconds",
+}  # fmt: skip
+
+# 32 px, batch 4, two training batches, one validation and one test batch: a few seconds per run on CPU.
+TINY = [
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.options={augment: false}",
+    "model.pretrained=false",
+    "trainer.max_steps=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.accelerator=cpu",
+    "trainer.enable_model_summary=false",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+]
+
+
+@pytest.fixture(scope="module")
+def train_script() -> ModuleType:
+    """``scripts/train.py`` imported as a module, so tests call its ``main`` without a subprocess."""
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_demo_isic(tmp_path_factory.mktemp("data") / "demo")
+
+
+@pytest.mark.parametrize(
+    ("config", "method"),
+    [
+        ("demo_full.yaml", "full"),
+        ("demo_decoder_only.yaml", "decoder_only"),
+        ("demo_lora.yaml", "lora"),
+        # the tensor adapters' CPU forward/backward makes these two runs take 10-20 s each
+        pytest.param("demo_trm.yaml", "trm", marks=pytest.mark.slow),
+        pytest.param("demo_tcur.yaml", "tcurlora", marks=pytest.mark.slow),
+    ],
+)
+def test_tiny_run_per_mode(train_script, demo_root: Path, tmp_path: Path, config: str, method: str) -> None:
+    overrides = [*TINY, f"data.root={demo_root}", f"output_dir={tmp_path}"]
+    run_dir = train_script.main(["--config", str(REPO / "configs" / config), "--set", *overrides])
+
+    assert run_dir.parent == tmp_path / Path(config).stem
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["method"] == method and metrics["dataset"] == "demo" and metrics["n_test_cases"] == 4
+    assert 0.0 <= metrics["dice"] <= 1.0 and set(metrics["per_class"]) == {"1"}
+    assert metrics["gflops"] > 0 and metrics["train_seconds"] > 0
+    assert Path(metrics["best_checkpoint"]).is_file() and "best-" in Path(metrics["best_checkpoint"]).name
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "split.json").is_file()
+    assert load_config(run_dir / "config.yaml").adapter.method == method
+
+    peft = method in ("lora", "trm", "tcurlora")
+    assert (run_dir / "adapter.safetensors").is_file() == peft
+    assert (metrics["adapter_params"] > 0) == peft
+    if method == "full":
+        assert metrics["trainable_params"] == metrics["total_params"]
+    else:
+        assert metrics["trainable_params"] == metrics["decoder_params"] + metrics["adapter_params"]
+
+
+def test_config_error_exits_2_with_one_line(train_script, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        train_script.main(["--config", str(REPO / "configs" / "demo_lora.yaml"), "--set", "adapter.rnak=2"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown key 'adapter.rnak'" in err
+
+
+def test_missing_isic_root_exits_2(train_script, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "no_such_ISIC2018"
+    argv = ["--config", str(REPO / "configs" / "isic_tcur.yaml"), "--set", f"data.root={missing}"]
+    with pytest.raises(SystemExit) as info:
+        train_script.main([*argv, f"output_dir={tmp_path / 'runs'}", "model.pretrained=false"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    first_line = err.splitlines()[0]  # the data package adds hint lines (expected layout, download page)
+    assert str(missing) in first_line and "Traceback" not in err
+
+
+def test_help_documents_arguments(train_script, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        train_script.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--config FILE" in text and "--set KEY=VALUE" in text
+
+
+def test_warmup_cosine_schedule() -> None:
+    factors = [warmup_cosine(step, warmup_steps=2, total_steps=10, min_lr_ratio=0.1) for step in range(12)]
+    assert factors[:3] == [0.5, 1.0, 1.0]
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:]))
+    assert factors[10] == pytest.approx(0.1) and factors[11] == pytest.approx(0.1)
+
+
+def test_summarize_excludes_and_counts_undefined_cases() -> None:
+    nan, inf = math.nan, math.inf
+    scores = {
+        "dice": torch.tensor([[0.5, nan], [1.0, 0.0]]),
+        "asd": torch.tensor([[2.0, inf], [nan, nan]]),
+    }
+    summary = summarize_case_scores(scores)
+    assert summary["per_class"]["1"] == {"dice": 0.75, "asd": 2.0, "n_excluded": {"dice": 0, "asd": 1}}
+    assert summary["per_class"]["2"] == {"dice": 0.0, "asd": None, "n_excluded": {"dice": 1, "asd": 2}}
+    assert summary["dice"] == pytest.approx(0.375) and summary["asd"] == 2.0 and summary["n_test_cases"] == 2
+
+
+def test_trainer_options_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert trainer_options({}) == {"deterministic": "warn", "precision": "16-mixed"}
+    assert trainer_options({"precision": "32-true"})["precision"] == "32-true"
+    assert "precision" not in trainer_options({"accelerator": "cpu"})
+    assert trainer_options({"deterministic": True})["deterministic"] is True
+
+
+def test_run_dirs_never_collide(tmp_path: Path) -> None:
+    first, second = make_run_dir(tmp_path, "exp"), make_run_dir(tmp_path, "exp")
+    assert first != second and first.parent == second.parent == tmp_path / "exp"
+    assert first.is_dir() and second.is_dir()
