@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +28,7 @@ if str(_REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from medpeft.io import atomic_output  # noqa: E402
 from medpeft.models import build_segmenter  # noqa: E402
 from medpeft.models.pretrained import encoder_state_dict_for_timm  # noqa: E402
 from medpeft.training.config import load_config  # noqa: E402
@@ -61,15 +60,8 @@ def export_encoder(run_dir: Path, out: Path) -> str:
         "source_test_dice": f"{metrics['dice']:.4f}",
         "made_by": "python scripts/pretrain.py",
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        save_file(tensors, temporary, metadata=header)
-        os.replace(temporary, out)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_output(out) as temporary:
+        save_file(tensors, str(temporary), metadata=header)
     return hashlib.sha256(out.read_bytes()).hexdigest()
 
 

@@ -12,8 +12,6 @@ Base weights are never included.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from torch import nn
 
 from medpeft.adapters.base import AdapterLayer
 from medpeft.adapters.inject import ADAPTER_RECORD_ATTRIBUTE, tcurlora_groups
+from medpeft.io import atomic_output
 
 __all__ = ["CONFIG_KEY", "adapter_state_dict", "load_adapter", "load_adapter_state_dict", "save_adapter"]
 
@@ -111,17 +110,10 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
 def save_adapter(model: nn.Module, path: str | Path) -> int:
     """Write the adapter state dict to a ``.safetensors`` file atomically; returns its size in bytes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.contiguous().cpu() for key, value in adapter_state_dict(model).items()}
     header = {"medpeft": bytes(state[CONFIG_KEY].tolist()).decode()}
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        save_file(state, temporary, metadata=header)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_output(path) as temporary:
+        save_file(state, str(temporary), metadata=header)
     return path.stat().st_size
 
 

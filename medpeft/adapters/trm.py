@@ -22,7 +22,6 @@ every token once a batch holds more than ``out`` tokens (any ViT batch).
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Literal

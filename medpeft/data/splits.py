@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+
+from medpeft.io import write_text_atomic
 
 __all__ = ["SPLIT_NAMES", "split_cases", "save_split_json"]
 
@@ -106,13 +107,5 @@ def save_split_json(split: Mapping[str, list[str]], path: str | os.PathLike[str]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {name: list(split[name]) for name in SPLIT_NAMES if name in split}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
     return path

@@ -14,7 +14,7 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
-from medpeft.models.decoders import DEFAULT_UNET_CHANNELS, DEFAULT_UNETR_CHANNELS, UNETRDecoder, UNetDecoder
+from medpeft.models.decoders import DEFAULT_UNET_CHANNELS, DEFAULT_UNETR_CHANNELS, UNetDecoder, UNETRDecoder
 from medpeft.models.encoder import TimmEncoder
 from medpeft.models.pretrained import load_pretrained_encoder
 

@@ -20,7 +20,6 @@ import dataclasses
 import inspect
 import os
 import re
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from medpeft.io import write_text_atomic
 
 __all__ = [
     "AdapterConfig",
@@ -490,24 +491,6 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
     for text in overrides:
         _apply_override(raw, text, sources)
     return _build(Config, raw, "", sources)
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``.
-
-    A reader (or a crash) never sees a half-written file: the target is either the old file or the new one.
-    """
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:

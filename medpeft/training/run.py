@@ -147,11 +147,16 @@ def trainer_options(trainer: dict[str, Any]) -> dict[str, Any]:
     - ``precision="16-mixed"`` when the accelerator resolves to a CUDA GPU and the user set no precision:
       mixed precision roughly halves activation memory and speeds up ViTs on tensor cores, and the Dice/argmax
       metrics are insensitive to it. Set ``trainer.precision: 32-true`` to opt out.
+    - ``enable_model_summary=False`` unless set: parameter counts are printed by the module and GFLOPs go to
+      ``metrics.json``.
     - ``deterministic="warn"`` unless set: deterministic algorithms wherever PyTorch has them, and a warning
       (not an error, as ``True`` would give) for ops that have none, e.g. some CUDA interpolation backwards.
     """
     options = dict(trainer)
     options.setdefault("deterministic", "warn")
+    # Lightning's summary table would show "FLOPs 0" (it needs an example input); main() prints parameter counts
+    # and metrics.json holds the measured GFLOPs instead.
+    options.setdefault("enable_model_summary", False)
     accelerator = str(options.get("accelerator", "auto")).lower()
     if "precision" not in options and accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         options["precision"] = "16-mixed"

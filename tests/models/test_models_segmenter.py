@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medpeft.models import Segmenter, TimmEncoder, UNETRDecoder, UNetDecoder, build_segmenter, count_parameters
+from medpeft.models import Segmenter, TimmEncoder, UNetDecoder, UNETRDecoder, build_segmenter, count_parameters
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])

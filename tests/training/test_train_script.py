@@ -138,7 +138,7 @@ def test_summarize_excludes_and_counts_undefined_cases() -> None:
 
 def test_trainer_options_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert trainer_options({}) == {"deterministic": "warn", "precision": "16-mixed"}
+    assert trainer_options({}) == {"deterministic": "warn", "enable_model_summary": False, "precision": "16-mixed"}
     assert trainer_options({"precision": "32-true"})["precision"] == "32-true"
     assert "precision" not in trainer_options({"accelerator": "cpu"})
     assert trainer_options({"deterministic": True})["deterministic"] is True
