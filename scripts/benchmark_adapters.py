@@ -34,7 +34,6 @@ import platform
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -55,6 +54,7 @@ from torch import nn  # noqa: E402
 from medpeft.adapters import adapter_parameters, inject_adapters, merge_adapters, tcurlora_groups  # noqa: E402
 from medpeft.adapters.tcurlora import TCURGroup, frequency_weights  # noqa: E402
 from medpeft.adapters.trm import TRMConfig, TRMLayer  # noqa: E402
+from medpeft.io import write_text_atomic  # noqa: E402
 
 __all__ = ["main"]
 
@@ -515,20 +515,6 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -566,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     print(report(results))
     if args.json is not None:
-        write_json_atomic(args.json, results)
+        write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
         print(f"\nwrote {args.json}")
 
 

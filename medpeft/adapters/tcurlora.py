@@ -125,7 +125,7 @@ class TCURGroup(nn.Module):
         self.register_buffer("cur_R", spectrum[:, row_index, :].contiguous(), persistent=False)  # [F, r, n2]
         # dU as real pairs [F, r, r, 2] (view_as_complex): optimisers and safetensors handle real tensors.
         self.tcur_dU = nn.Parameter(torch.zeros(spectrum.shape[0], rank, rank, 2, device=weights.device))
-        self._cached_delta: torch.Tensor | None = None
+        self._cached_delta: tuple[torch.Tensor, ...] | None = None
         self.caching = False
 
     def compute_delta(self) -> torch.Tensor:
@@ -134,12 +134,17 @@ class TCURGroup(nn.Module):
         core = (self.cur_C @ dU) @ self.cur_R  # [F, n1, r] @ [F, r, r] @ [F, r, n2] -> [F, n1, n2]
         return torch.fft.irfft(core, n=self.n3, dim=0)
 
-    def delta(self) -> torch.Tensor:
-        """``compute_delta()``, computed once per forward pass of the injected module while it runs."""
+    def member_deltas(self) -> tuple[torch.Tensor, ...]:
+        """The group delta split into its ``n3`` member slices ``[n1, n2]``.
+
+        Computed once per forward pass of the injected module while it runs (see :meth:`start_forward_pass`).
+        Splitting once with ``unbind`` matters for speed: indexing the ``[n3, n1, n2]`` delta in every member
+        would make each member's backward write a zero-filled gradient of the whole group.
+        """
         if not self.caching:
-            return self.compute_delta()
+            return self.compute_delta().unbind(0)
         if self._cached_delta is None:
-            self._cached_delta = self.compute_delta()
+            self._cached_delta = self.compute_delta().unbind(0)
         return self._cached_delta
 
     def start_forward_pass(self) -> None:
@@ -166,8 +171,9 @@ class TCURLoRALayer(AdapterLayer):
 
     def compute_delta_weight(self) -> torch.Tensor:
         weight = self.base_layer.weight
-        delta = self.group.delta()[self.slices]  # [len(slices), n1, n2]
-        return delta.reshape(weight.shape)  # stacked along rows: q, k, v squares -> [3 d, d]
+        slices = self.group.member_deltas()
+        delta = torch.cat([slices[i] for i in self.slices])  # rows stacked: q, k, v squares -> [3 d, d]
+        return delta.reshape(weight.shape)
 
 
 def _member_shape(module: nn.Module, split_qkv: bool, name: str) -> tuple[int, tuple[int, int]]:

@@ -62,9 +62,8 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("demo_full.yaml", "full"),
         ("demo_decoder_only.yaml", "decoder_only"),
         ("demo_lora.yaml", "lora"),
-        # the tensor adapters' CPU forward/backward makes these two runs take 10-20 s each
-        pytest.param("demo_trm.yaml", "trm", marks=pytest.mark.slow),
-        pytest.param("demo_tcur.yaml", "tcurlora", marks=pytest.mark.slow),
+        ("demo_trm.yaml", "trm"),
+        ("demo_tcur.yaml", "tcurlora"),
     ],
 )
 def test_tiny_run_per_mode(train_script, demo_root: Path, tmp_path: Path, config: str, method: str) -> None:
