@@ -48,6 +48,7 @@ def export_encoder(run_dir: Path, out: Path) -> str:
         in_channels=cfg.model.in_channels,
         num_classes=cfg.model.num_classes,
         img_size=cfg.data.image_size,
+        decoder_channels=cfg.model.decoder_channels,
     )
     checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
     state = {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items()}

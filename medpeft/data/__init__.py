@@ -1,7 +1,7 @@
 """Datasets, splits and the Lightning DataModule of medpeft.
 
 Importing this package registers the built-in datasets: ``"isic2018"`` (real ISIC 2018 Task 1 data, never
-downloaded or generated), ``"demo"`` (synthetic dermoscopy target task) and ``"demo_source"`` (synthetic source task
+downloaded or generated), ``"busi"`` (BUSI breast ultrasound), ``"demo"`` (synthetic dermoscopy target task) and ``"demo_source"`` (synthetic source task
 for encoder pre-training).
 
 .. code-block:: python
@@ -15,6 +15,7 @@ for encoder pre-training).
 
 from __future__ import annotations
 
+from medpeft.data.busi import build_busi
 from medpeft.data.datamodule import SegmentationDataModule
 from medpeft.data.isic import build_isic2018
 from medpeft.data.registry import (
@@ -37,6 +38,7 @@ __all__ = [
     "DatasetNotFoundError",
     "SegmentationDataModule",
     "SegmentationDataset",
+    "build_busi",
     "build_dataset",
     "build_isic2018",
     "dataset_info",

@@ -17,14 +17,16 @@ Decisions:
 
 from __future__ import annotations
 
+import inspect
 import os
+from typing import Any
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from monai.data import DataLoader
 
-from medpeft.data.registry import SegmentationDataset, build_dataset, dataset_info
+from medpeft.data.registry import DATASETS, SegmentationDataset, build_dataset, dataset_info
 from medpeft.data.splits import SPLIT_NAMES, save_split_json
 
 __all__ = ["SegmentationDataModule"]
@@ -47,6 +49,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         augment: Random flips, 90-degree rotations and intensity jitter on the training split.
         cache_rate: Fraction of train / val cases kept in memory after loading and resizing (MONAI
             ``CacheDataset``); ``0`` reads files on every access.
+        **dataset_options: Dataset-specific options passed to the dataset's builder (``data.options`` in a
+            config), e.g. ``include_normal`` for BUSI; an option the builder does not take is a ``TypeError``.
 
     Raises:
         ValueError: If ``dataset`` is not registered, or a size / count argument is out of range.
@@ -69,6 +73,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         test_fraction: float = 0.15,
         augment: bool = True,
         cache_rate: float = 0.0,
+        **dataset_options: Any,
     ) -> None:
         super().__init__()
         info = dataset_info(dataset)  # fails early, listing the registered names
@@ -77,6 +82,11 @@ class SegmentationDataModule(pl.LightningDataModule):
                 f"need image_size >= 1, batch_size >= 1 and num_workers >= 0, "
                 f"got {image_size}, {batch_size} and {num_workers}"
             )
+        builder = inspect.signature(DATASETS[dataset]).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in builder.values()):
+            unknown = sorted(set(dataset_options) - set(builder))
+            if unknown:
+                raise ValueError(f"dataset {dataset!r} has no option(s) {unknown}; it takes: {sorted(builder)}")
         self.save_hyperparameters()
         self.dataset = dataset
         self.root = root if root is not None else info.default_root
@@ -88,6 +98,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.test_fraction = test_fraction
         self.augment = augment
         self.cache_rate = cache_rate
+        self.dataset_options = dataset_options
         self.datasets: dict[str, SegmentationDataset] = {}
 
     @property
@@ -133,6 +144,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                 test_fraction=self.test_fraction,
                 augment=self.augment and name == "train",
                 cache_rate=self.cache_rate if name != "test" else 0.0,
+                **self.dataset_options,
             )
 
     def save_split(self, path: str | os.PathLike[str]) -> Path:

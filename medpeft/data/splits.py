@@ -36,8 +36,9 @@ def split_cases(
     test_fraction: float,
     seed: int,
     groups: Mapping[str, str] | None = None,
+    strata: Mapping[str, str] | None = None,
 ) -> dict[str, list[str]]:
-    """Split case ids into train / val / test, deterministically and group-aware.
+    """Split case ids into train / val / test, deterministically, group-aware and optionally stratified.
 
     The ids are sorted, then grouped (each id is its own group unless ``groups`` says otherwise), and the sorted
     groups are shuffled with ``numpy.random.Generator(PCG64(seed)).permutation``. Whole groups are dealt to ``test``
@@ -46,6 +47,12 @@ def split_cases(
     several images of one patient. A split with a positive fraction gets at least one group as long as enough
     groups remain for every non-empty split, and ``train`` is never emptied to fill the others.
 
+    With ``strata`` (e.g. the diagnosis class of each case), the dealing above runs separately within each stratum,
+    in sorted stratum order with one shared generator, so every split keeps about the class ratios of the whole
+    set (each stratum's counts are rounded on their own, and the at-least-one rule applies per stratum). A group
+    whose members fall in several strata belongs to its most common stratum (ties: the first in sorted order).
+    Without ``strata`` the result is exactly that of a single stratum.
+
     Args:
         ids: Case ids; must be unique.
         val_fraction: Fraction of cases for validation, in ``[0, 1)``.
@@ -53,6 +60,7 @@ def split_cases(
         seed: Seed of the permutation.
         groups: Optional mapping ``id -> group key``; ids that share a key always land in the same split. Ids
             missing from the mapping form their own group.
+        strata: Optional mapping ``id -> stratum key``; ids missing from the mapping share one extra stratum.
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}``, each list sorted; together they hold every id once.
@@ -75,10 +83,28 @@ def split_cases(
         # The "id:" / "group:" prefixes keep a lone id from colliding with a group key of the same spelling.
         key = f"group:{groups[case_id]}" if groups is not None and case_id in groups else f"id:{case_id}"
         members.setdefault(key, []).append(case_id)
-    units = [members[key] for key in sorted(members)]
-    order = np.random.default_rng(seed).permutation(len(units))
+    by_stratum: dict[tuple[int, str], list[list[str]]] = {}
+    for key in sorted(members):
+        # (0, key) for listed strata and (1, "") for unlisted ids: the extra stratum never collides with a key.
+        counts = Counter((0, strata[c]) if strata is not None and c in strata else (1, "") for c in members[key])
+        stratum = min(counts, key=lambda s: (-counts[s], s))
+        by_stratum.setdefault(stratum, []).append(members[key])
 
-    targets = {"test": _target_count(test_fraction, len(ids)), "val": _target_count(val_fraction, len(ids))}
+    rng = np.random.default_rng(seed)
+    split: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
+    for stratum in sorted(by_stratum):
+        for name, stratum_ids in _deal(by_stratum[stratum], rng, val_fraction, test_fraction).items():
+            split[name].extend(stratum_ids)
+    return {name: sorted(split[name]) for name in SPLIT_NAMES}
+
+
+def _deal(
+    units: list[list[str]], rng: np.random.Generator, val_fraction: float, test_fraction: float
+) -> dict[str, list[str]]:
+    """Shuffle groups of ids and deal whole groups to test, then val, then train (see :func:`split_cases`)."""
+    n_cases = sum(len(unit) for unit in units)
+    order = rng.permutation(len(units))
+    targets = {"test": _target_count(test_fraction, n_cases), "val": _target_count(val_fraction, n_cases)}
     split: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
     position = 0
     for name, later_needed in (("test", 1 + (targets["val"] > 0)), ("val", 1)):
@@ -88,7 +114,7 @@ def split_cases(
             position += 1
     for index in order[position:]:
         split["train"].extend(units[index])
-    return {name: sorted(split[name]) for name in SPLIT_NAMES}
+    return split
 
 
 def save_split_json(split: Mapping[str, list[str]], path: str | os.PathLike[str]) -> Path:

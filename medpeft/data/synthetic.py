@@ -8,8 +8,9 @@ TARGET (:func:`generate_demo_isic`, dataset ``"demo"``): skin-coloured backgroun
 gradient, vignetting and fine skin texture; one irregular lesion per image (star-shaped outline from random Fourier
 harmonics, 8-45 % of the image, brown-to-dark pigment with internal texture, blotches and a fuzzy border); dark hairs
 as smooth random curves crossing the image, also over the lesion; sensor noise; occasional ruler marks, air bubbles
-and the dark circular field of view of a dermoscope. Hairs are as dark as pigment, so darkness alone does not
-segment the lesion: shape and texture must be learned.
+and the dark circular field of view of a dermoscope; one to three small round lesion-coloured spots that are not
+annotated (look-alikes). Hairs are as dark as pigment and the spots share its colour, so neither darkness nor
+colour segments the lesion: shape, texture and context must be learned.
 
 SOURCE (:func:`generate_source_task`, dataset ``"demo_source"``): grey-ish, weakly tinted backgrounds with noise
 and grating textures, and several ellipses / polygons with their own texture as foreground, lighter or darker than
@@ -206,6 +207,25 @@ def _bubbles(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray
     return rim, interior
 
 
+def _look_alike_spots(rng: np.random.Generator, lesion: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Small round pigmented spots beside the lesion (freckles, dots): coverage ``[H, W]`` in ``[0, 1]``.
+
+    They share the lesion's colour but not its size, outline or texture and are not annotated, so a model must
+    tell the lesion from look-alikes by shape and context, not by colour: features a frozen source-task encoder
+    does not provide, which is what makes adapting the encoder pay off in the demo.
+    """
+    spots = np.zeros(lesion.shape, np.float32)
+    for _ in range(int(rng.integers(1, 4))):
+        radius = rng.uniform(0.03, 0.07)
+        for _attempt in range(10):  # keep each spot clear of the lesion
+            cx, cy = rng.uniform(0.08, 0.92, size=2)
+            dist = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
+            if not (lesion & (dist < radius * 1.6)).any():
+                spots = np.maximum(spots, np.clip((radius - dist) * lesion.shape[0] / 1.5, 0.0, 1.0))
+                break
+    return spots
+
+
 def render_lesion_case(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one synthetic dermoscopy image.
 
@@ -230,7 +250,10 @@ def render_lesion_case(rng: np.random.Generator, size: int = 128) -> tuple[np.nd
     softness = rng.uniform(0.03, 0.15)
     coverage = 0.5 * (1.0 + np.tanh((depth + 0.04 * _smooth_noise(rng, size, 16)) / softness))
     opacity = rng.uniform(0.65, 1.0)  # faint lesions exist, and are the hard cases
-    image = _blend(image, coverage * opacity, _lesion_colour(rng, size, inside, rel_dist, yy, xx))
+    pigment = _lesion_colour(rng, size, inside, rel_dist, yy, xx)
+    image = _blend(image, coverage * opacity, pigment)
+    spots = _look_alike_spots(rng, inside, yy, xx)
+    image = _blend(image, spots * opacity, pigment.mean(axis=(0, 1)))  # lesion-coloured, flat, not annotated
 
     hair = _hairs(rng, size)
     hair_colour = np.array([0.16, 0.11, 0.08], dtype=np.float32) * rng.uniform(0.6, 1.6)

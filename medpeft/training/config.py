@@ -131,6 +131,8 @@ class ModelConfig:
         decoder: Decoder name; ``"auto"`` picks the one that fits the encoder. Defaults to ``"auto"``.
         in_channels: Image channels. Defaults to ``3``.
         num_classes: Output classes including background. Defaults to ``2`` (binary segmentation).
+        decoder_channels: Widths of the decoder stages, deepest first; ``None`` uses the decoder's default
+            (UNETR ``[128, 64, 32, 16]``, U-Net ``[128, 64, 32, 16, 16]``). Defaults to ``None``.
     """
 
     encoder: str
@@ -138,6 +140,7 @@ class ModelConfig:
     decoder: str = "auto"
     in_channels: int = 3
     num_classes: int = 2
+    decoder_channels: list[int] | None = None
 
     def __post_init__(self) -> None:
         _require(self.in_channels >= 1, "in_channels", f"must be >= 1, got {self.in_channels}")

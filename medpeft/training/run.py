@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> Path:
             in_channels=cfg.model.in_channels,
             num_classes=cfg.model.num_classes,
             img_size=cfg.data.image_size,
+            decoder_channels=cfg.model.decoder_channels,
         )
     except PretrainedWeightsError as err:
         _exit_with_error(str(err))
