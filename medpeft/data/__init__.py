@@ -1,7 +1,8 @@
 """Datasets, splits and the Lightning DataModule of medpeft.
 
 Importing this package registers the built-in datasets: ``"isic2018"`` (real ISIC 2018 Task 1 data, never
-downloaded or generated), ``"busi"`` (BUSI breast ultrasound), ``"demo"`` (synthetic dermoscopy target task) and ``"demo_source"`` (synthetic source task
+downloaded or generated), ``"busi"`` (BUSI breast ultrasound), ``"acdc"`` and ``"synapse"`` (3D, trained on 2D slices; their test volumes
+come from :func:`~medpeft.data.volumes.build_volume_dataset`), ``"demo"`` (synthetic dermoscopy target task) and ``"demo_source"`` (synthetic source task
 for encoder pre-training).
 
 .. code-block:: python
@@ -15,6 +16,7 @@ for encoder pre-training).
 
 from __future__ import annotations
 
+from medpeft.data.acdc import build_acdc
 from medpeft.data.busi import build_busi
 from medpeft.data.datamodule import SegmentationDataModule
 from medpeft.data.isic import build_isic2018
@@ -28,19 +30,25 @@ from medpeft.data.registry import (
     register_dataset,
 )
 from medpeft.data.splits import save_split_json, split_cases
+from medpeft.data.synapse import build_synapse
 from medpeft.data.synthetic import generate_demo_isic, generate_source_task
 from medpeft.data.transforms import CaseFileError
+from medpeft.data.volumes import VOLUME_DATASETS, build_volume_dataset
 
 __all__ = [
     "DATASETS",
+    "VOLUME_DATASETS",
     "CaseFileError",
     "DatasetInfo",
     "DatasetNotFoundError",
     "SegmentationDataModule",
     "SegmentationDataset",
+    "build_acdc",
     "build_busi",
     "build_dataset",
     "build_isic2018",
+    "build_synapse",
+    "build_volume_dataset",
     "dataset_info",
     "generate_demo_isic",
     "generate_source_task",

@@ -106,6 +106,7 @@ _H5_RE = re.compile(r"^(case\d+)(?:\.npy)?\.h5$")
 _BTCV_IMAGE_RE = re.compile(r"^img(\d+)\.nii(?:\.gz)?$")
 _BTCV_LABEL_RE = re.compile(r"^label(\d+)\.nii(?:\.gz)?$")
 _SEARCH_DEPTH = 3
+_DATA_FOLDERS = frozenset({"train_npz", "test_vol_h5", "img", "label"})
 _UNKNOWN_SPACING = (1.0, 1.0, 1.0)
 
 
@@ -124,10 +125,14 @@ def _not_found(problem: str) -> DatasetNotFoundError:
 
 
 def _folders_below(root: Path) -> list[Path]:
-    """``root`` and its non-hidden sub-folders up to ``_SEARCH_DEPTH`` levels down, in sorted order."""
+    """``root`` and its non-hidden sub-folders up to ``_SEARCH_DEPTH`` levels down, in sorted order.
+
+    The data folders themselves are not entered: they hold thousands of files and no layout folder.
+    """
     found, level = [root], [root]
     for _ in range(_SEARCH_DEPTH):
-        level = [c for f in level for c in sorted(f.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+        parents = [f for f in level if f.name not in _DATA_FOLDERS]
+        level = [c for f in parents for c in sorted(f.iterdir()) if c.is_dir() and not c.name.startswith(".")]
         found += level
     return found
 

@@ -295,14 +295,17 @@ def split_volume_cases(
     strata: dict[str, list[VolumeCase]] = {}
     for case in pool:
         strata.setdefault(case.stratum if stratify else "", []).append(case)
-    fractions = [f for f in (val_fraction, 0.0 if use_official else test_fraction) if f > 0]
+    if use_official:
+        test_fraction = 0.0  # the official test set replaces the drawn one
+    fractions = [f for f in (val_fraction, test_fraction) if f > 0]
     if stratify and fractions:
-        smallest = min(strata.items(), key=lambda item: len({case.group for case in item[1]}))
-        needed = math.ceil(1.0 / min(fractions) - 1e-9)
-        if len({case.group for case in smallest[1]}) < needed:
+        sizes = {key: len({case.group for case in members}) for key, members in strata.items()}
+        smallest = min(sizes, key=sizes.__getitem__)
+        needed = math.ceil(1.0 / min(fractions) - 1e-9)  # groups for a rounded share of at least one
+        if sizes[smallest] < needed:
             warnings.warn(
-                f"not stratifying the split: stratum {smallest[0]!r} has {len({c.group for c in smallest[1]})} "
-                f"groups, fewer than the {needed} needed for fractions {fractions}",
+                f"not stratifying the split: stratum {smallest!r} has {sizes[smallest]} groups, fewer than the "
+                f"{needed} needed for fractions {fractions}",
                 stacklevel=2,
             )
             strata = {"": list(pool)}
@@ -311,7 +314,7 @@ def split_volume_cases(
         part = split_cases(
             [case.name for case in members],
             val_fraction=val_fraction,
-            test_fraction=0.0 if use_official else test_fraction,
+            test_fraction=test_fraction,
             seed=seed,
             groups={case.name: case.group for case in members},
         )

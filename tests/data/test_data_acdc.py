@@ -42,8 +42,15 @@ def _volume(rng: np.random.Generator, dtype: type) -> tuple[np.ndarray, np.ndarr
     return image, label
 
 
-def make_patient(folder: Path, number: int, rng: np.random.Generator, ed: int = 1, es: int = 12, labelled: bool = True,
-                 group: str | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+def make_patient(
+    folder: Path,
+    number: int,
+    rng: np.random.Generator,
+    ed: int = 1,
+    es: int = 12,
+    labelled: bool = True,
+    group: str | None = None,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Write one patient folder; returns ``{frame: (image, label)}`` as written (X, Y, Z)."""
     patient = f"patient{number:03d}"
     folder = folder / patient
