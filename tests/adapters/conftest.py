@@ -7,23 +7,32 @@ import timm
 import torch
 from torch import nn
 
-# (model name, create_model kwargs, input size, presets to adapt). Random-init ResNets zero the last BN
-# of every residual block (zero_init_last), which would hide any change inside the block.
+# (model name, create_model kwargs, input size, presets to adapt, blocks to adapt). Random-init ResNets zero the
+# last BN of every residual block (zero_init_last), which would hide any change inside the block. On Swin the
+# blocks of stages 1-3 are adapted: stage 4's 3072-wide TRM transforms alone would double the suite's run time.
 ENCODERS = {
-    "vit": ("vit_tiny_patch16_224", {"img_size": 32}, 32, ["attn", "mlp"]),
-    "swin": ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 4}, 64, ["attn", "mlp"]),
-    "resnet": ("resnet18", {"zero_init_last": False}, 64, ["conv"]),
+    "vit": ("vit_tiny_patch16_224", {"img_size": 32}, 32, ["attn", "mlp"], None),
+    "swin": ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 4}, 64, ["attn", "mlp"], [0, 2, 4, 9]),
+    "resnet": ("resnet18", {"zero_init_last": False}, 64, ["conv"], None),
 }
 METHOD_OPTIONS = {"lora": {"rank": 4, "alpha": 8.0}, "trm": {"rank": 2, "order": 3}, "tcurlora": {"rank": 2}}
 
 
 def make_encoder(family: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     """A random-init timm model in eval mode and a matching input batch ``[2, 3, S, S]``."""
-    name, kwargs, size, _ = ENCODERS[family]
+    name, kwargs, size, _, _ = ENCODERS[family]
     torch.manual_seed(seed)
     # No stochastic depth: a dropped residual branch would get no gradient by chance.
     model = timm.create_model(name, pretrained=False, num_classes=8, drop_path_rate=0.0, **kwargs).eval()
     return model, torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
+
+
+def inject(model: nn.Module, family: str, method: str) -> list[str]:
+    """Adapters of ``method`` on the family's targets, with the shared test options."""
+    from medpeft.adapters import inject_adapters
+
+    _, _, _, targets, blocks = ENCODERS[family]
+    return inject_adapters(model, method, targets, blocks=blocks, **METHOD_OPTIONS[method])
 
 
 @torch.no_grad()

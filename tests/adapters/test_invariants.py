@@ -7,13 +7,12 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
-from conftest import ENCODERS, METHOD_OPTIONS, make_encoder, randomize_adapters
+from conftest import METHOD_OPTIONS, inject, make_encoder, randomize_adapters
 
 from medpeft.adapters import (
     AdapterLayer,
     adapter_layers,
     adapter_parameters,
-    inject_adapters,
     merge_adapters,
     tcurlora_groups,
     unmerge_adapters,
@@ -22,7 +21,7 @@ from medpeft.adapters import (
 
 def _inject(family: str, method: str, seed: int = 0):
     model, x = make_encoder(family, seed)
-    names = inject_adapters(model, method, ENCODERS[family][3], **METHOD_OPTIONS[method])
+    names = inject(model, family, method)
     return model, x, names
 
 

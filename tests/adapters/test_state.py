@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import ENCODERS, METHOD_OPTIONS, make_encoder, randomize_adapters
+from conftest import inject, make_encoder, randomize_adapters
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -16,12 +16,12 @@ from medpeft.adapters.state import CONFIG_KEY
 
 def test_round_trip_through_safetensors_is_exact(family, method, tmp_path):
     model, x = make_encoder(family)
-    inject_adapters(model, method, ENCODERS[family][3], **METHOD_OPTIONS[method])
+    inject(model, family, method)
     randomize_adapters(model)
     size = save_adapter(model, tmp_path / "adapter.safetensors")
 
     fresh, _ = make_encoder(family)  # same base weights (same seed), fresh adapters
-    inject_adapters(fresh, method, ENCODERS[family][3], **METHOD_OPTIONS[method])
+    inject(fresh, family, method)
     with torch.no_grad():
         assert not torch.equal(fresh(x), model(x))
         load_adapter(fresh, tmp_path / "adapter.safetensors")
