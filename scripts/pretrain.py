@@ -54,13 +54,16 @@ def export_encoder(run_dir: Path, out: Path) -> str:
     state = {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items()}
     net.load_state_dict(state)
     tensors = {key: value.detach().to(torch.float16).contiguous() for key, value in encoder_state_dict_for_timm(net.encoder).items()}
-    header = {
+    # One header key holding sorted JSON: safetensors stores header metadata in a hash map, so several keys would
+    # come out in a different order from run to run and break the byte-for-byte reproducibility of the file.
+    facts = {
         "encoder": cfg.model.encoder,
-        "img_size": str(cfg.data.image_size),
+        "img_size": cfg.data.image_size,
         "source_task": cfg.data.dataset,
-        "source_test_dice": f"{metrics['dice']:.4f}",
+        "source_test_dice": round(metrics["dice"], 4),
         "made_by": "python scripts/pretrain.py",
     }
+    header = {"medpeft": json.dumps(facts, sort_keys=True)}
     with atomic_output(out) as temporary:
         save_file(tensors, str(temporary), metadata=header)
     return hashlib.sha256(out.read_bytes()).hexdigest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -32,8 +33,8 @@ def test_pretrain_exports_a_loadable_float16_encoder(tmp_path: Path) -> None:
     assert tensors and all(t.dtype == torch.float16 for t in tensors.values())
     assert "blocks.0.attn.qkv.weight" in tensors and not any(k.startswith(("model.", "head")) for k in tensors)
     with safe_open(str(out), framework="pt") as handle:
-        header = handle.metadata()
-    assert header["encoder"] == "vit_tiny_patch16_224" and header["source_task"] == "isic2018"
+        facts = json.loads(handle.metadata()["medpeft"])
+    assert facts["encoder"] == "vit_tiny_patch16_224" and facts["source_task"] == "isic2018"
 
     net = build_segmenter("vit_tiny_patch16_224", pretrained=str(out), img_size=32)
     loaded = net.encoder.model.blocks[0].attn.qkv.weight
