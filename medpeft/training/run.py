@@ -21,6 +21,7 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
-from medpeft.adapters import inject_adapters, save_adapter
+from medpeft.adapters import inject_adapters, merge_adapters, save_adapter
 from medpeft.data import DatasetNotFoundError, SegmentationDataModule
 from medpeft.models import PretrainedWeightsError, build_segmenter, count_parameters, measure_gflops
 from medpeft.training.config import (
@@ -231,10 +232,16 @@ def _collect_metrics(
     cfg: Config, net: nn.Module, results: dict[str, Any], n_adapted: int, best: str | None, train_seconds: float
 ) -> dict[str, Any]:
     """Assemble ``metrics.json``: test metrics (see :func:`~medpeft.training.module.summarize_case_scores`),
-    parameter counts (:func:`~medpeft.models.count_parameters`), GFLOPs per image at the configured size with the
-    adapters unmerged (as trained; merging gives the base model's cost), and run facts."""
+    parameter counts (:func:`~medpeft.models.count_parameters`), GFLOPs per image at the configured size, and run
+    facts.
+
+    ``gflops`` is the inference cost with the adapters merged (a copy of the network is merged for the count), as
+    PEFT papers report it; ``gflops_unmerged`` is the cost of a forward as trained, where TRM and tCURLoRA also build
+    their weight deltas (work per forward call, not per image, so it shrinks with the batch size)."""
     counts = count_parameters(net)
     image_shape = (1, cfg.model.in_channels, cfg.data.image_size, cfg.data.image_size)
+    merged = copy.deepcopy(net)
+    merge_adapters(merged.encoder)
     return {
         "method": cfg.adapter.method,
         "encoder": cfg.model.encoder,
@@ -249,7 +256,8 @@ def _collect_metrics(
         **{key: int(counts[key]) for key in counts},
         "adapter_fraction_of_encoder": counts["adapter_params"] / max(1, counts["encoder_params"]),
         "adapted_modules": n_adapted,
-        "gflops": measure_gflops(net, input_shape=image_shape),
+        "gflops": measure_gflops(merged, input_shape=image_shape),
+        "gflops_unmerged": measure_gflops(net, input_shape=image_shape),
         "image_size": cfg.data.image_size,
         "best_checkpoint": best,
         "train_seconds": round(train_seconds, 2),

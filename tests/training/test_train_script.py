@@ -76,6 +76,10 @@ def test_tiny_run_per_mode(train_script, demo_root: Path, tmp_path: Path, config
     assert metrics["method"] == method and metrics["dataset"] == "demo" and metrics["n_test_cases"] == 4
     assert 0.0 <= metrics["dice"] <= 1.0 and set(metrics["per_class"]) == {"1"}
     assert metrics["gflops"] > 0 and metrics["train_seconds"] > 0
+    # merged adapters cost nothing at inference: the same count as the plain network's, never more than unmerged
+    assert metrics["gflops"] <= metrics["gflops_unmerged"]
+    if method in ("full", "decoder_only"):
+        assert metrics["gflops"] == metrics["gflops_unmerged"]
     assert Path(metrics["best_checkpoint"]).is_file() and "best-" in Path(metrics["best_checkpoint"]).name
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "split.json").is_file()
     assert load_config(run_dir / "config.yaml").adapter.method == method
