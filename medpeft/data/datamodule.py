@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch

@@ -22,6 +22,7 @@ Decisions:
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -36,6 +37,7 @@ from monai.transforms import (
     RandAdjustContrastd,
     RandFlipd,
     RandRotate90d,
+    RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
     Resized,
@@ -43,7 +45,15 @@ from monai.transforms import (
 )
 from PIL import Image
 
-__all__ = ["CaseFileError", "load_rgb_image", "load_binary_mask", "LoadImageMaskd", "build_transforms"]
+__all__ = [
+    "CaseFileError",
+    "LoadImageMaskd",
+    "augmentation_steps",
+    "build_transforms",
+    "load_binary_mask",
+    "load_rgb_image",
+    "output_steps",
+]
 
 
 class CaseFileError(ValueError):
@@ -188,20 +198,45 @@ def build_transforms(image_size: int, augment: bool) -> Compose:
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
     ]
     if augment:
-        steps += [
-            RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
-            RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
-            RandRotate90d(keys=keys, prob=0.5, max_k=3),
-            # Small photometric jitter only: colour is a real cue for lesions, so it must not be destroyed.
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-            RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
-            RandAdjustContrastd(keys="image", gamma=(0.8, 1.25), prob=0.3),
-            # functools.partial rather than a lambda so the pipeline pickles into DataLoader workers.
-            Lambdad(keys="image", func=functools.partial(torch.clamp, min=0.0, max=1.0)),
-        ]
-    steps += [
-        # Plain tensors (not MetaTensors) keep batches simple for the models and the default collate.
+        steps += augmentation_steps(keys)
+    steps += output_steps()
+    return Compose(steps)
+
+
+def augmentation_steps(keys: list[str], max_rotation_degrees: float = 0.0) -> list[Any]:
+    """Random training augmentations shared by every dataset, drawn once per sample for image and label alike.
+
+    Flips on both axes and 90-degree rotations, an optional small free rotation (``max_rotation_degrees``; slice
+    orientation varies between scanners), and small photometric jitter only, clamped to ``[0, 1]``: colour and
+    intensity are real cues, so they must not be destroyed.
+    """
+    steps: list[Any] = [
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+        RandRotate90d(keys=keys, prob=0.5, max_k=3),
+    ]
+    if max_rotation_degrees > 0:
+        steps.append(
+            RandRotated(
+                keys=keys,
+                range_x=math.radians(max_rotation_degrees),
+                prob=0.3,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            )
+        )
+    return steps + [
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+        RandAdjustContrastd(keys="image", gamma=(0.8, 1.25), prob=0.3),
+        # functools.partial rather than a lambda so the pipeline pickles into DataLoader workers.
+        Lambdad(keys="image", func=functools.partial(torch.clamp, min=0.0, max=1.0)),
+    ]
+
+
+def output_steps() -> list[Any]:
+    """Plain tensors (not MetaTensors) keep batches simple for the models and the default collate."""
+    return [
         EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
         EnsureTyped(keys="label", dtype=torch.int64, track_meta=False),
     ]
-    return Compose(steps)

@@ -33,7 +33,6 @@ Decisions:
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import warnings
@@ -48,14 +47,6 @@ import numpy as np
 import torch
 from monai.transforms import (
     Compose,
-    EnsureTyped,
-    Lambdad,
-    RandAdjustContrastd,
-    RandFlipd,
-    RandRotate90d,
-    RandRotated,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
     Resize,
     Transform,
 )
@@ -64,7 +55,7 @@ from nibabel.filebasedimages import ImageFileError
 
 from medpeft.data.registry import SegmentationDataset, make_dataset
 from medpeft.data.splits import SPLIT_NAMES, split_cases
-from medpeft.data.transforms import CaseFileError
+from medpeft.data.transforms import CaseFileError, augmentation_steps, output_steps
 
 __all__ = [
     "VOLUME_DATASETS",
@@ -404,24 +395,8 @@ def build_slice_transforms(cache: VolumeSliceCache, augment: bool) -> Compose:
     keys = ["image", "label"]
     steps: list[Any] = [LoadVolumeSliced(cache)]
     if augment:
-        steps += [
-            RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
-            RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
-            RandRotate90d(keys=keys, prob=0.5, max_k=3),
-            # A small free rotation on top of the 90-degree ones: slice orientation varies between scanners.
-            RandRotated(
-                keys=keys, range_x=math.radians(15), prob=0.3, mode=("bilinear", "nearest"), padding_mode="zeros"
-            ),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-            RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
-            RandAdjustContrastd(keys="image", gamma=(0.8, 1.25), prob=0.3),
-            # functools.partial rather than a lambda so the pipeline pickles into DataLoader workers.
-            Lambdad(keys="image", func=functools.partial(torch.clamp, min=0.0, max=1.0)),
-        ]
-    steps += [
-        EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
-        EnsureTyped(keys="label", dtype=torch.int64, track_meta=False),
-    ]
+        steps += augmentation_steps(keys, max_rotation_degrees=15.0)
+    steps += output_steps()
     return Compose(steps)
 
 
