@@ -29,10 +29,10 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from medpeft.io import atomic_output  # noqa: E402
-from medpeft.models import build_segmenter  # noqa: E402
 from medpeft.models.pretrained import encoder_state_dict_for_timm  # noqa: E402
 from medpeft.training.config import load_config  # noqa: E402
 from medpeft.training.run import main as train_main  # noqa: E402
+from medpeft.training.run import segmenter_from_config  # noqa: E402
 
 __all__ = ["export_encoder", "main"]
 
@@ -41,19 +41,12 @@ def export_encoder(run_dir: Path, out: Path) -> str:
     """Write the encoder of ``run_dir``'s best checkpoint to ``out`` (float16 safetensors); return its SHA-256."""
     cfg = load_config(run_dir / "config.yaml")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    net = build_segmenter(
-        encoder=cfg.model.encoder,
-        pretrained=False,
-        decoder=cfg.model.decoder,
-        in_channels=cfg.model.in_channels,
-        num_classes=cfg.model.num_classes,
-        img_size=cfg.data.image_size,
-        decoder_channels=cfg.model.decoder_channels,
-    )
+    net = segmenter_from_config(cfg, pretrained=False)  # the checkpoint below holds every weight
     checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
     state = {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items()}
     net.load_state_dict(state)
-    tensors = {key: value.detach().to(torch.float16).contiguous() for key, value in encoder_state_dict_for_timm(net.encoder).items()}
+    encoder_state = encoder_state_dict_for_timm(net.encoder)
+    tensors = {key: value.detach().to(torch.float16).contiguous() for key, value in encoder_state.items()}
     # One header key holding sorted JSON: safetensors stores header metadata in a hash map, so several keys would
     # come out in a different order from run to run and break the byte-for-byte reproducibility of the file.
     facts = {

@@ -51,7 +51,15 @@ from medpeft.training.config import (
 )
 from medpeft.training.module import SegmentationModule
 
-__all__ = ["apply_finetuning", "build_parser", "build_trainer", "main", "make_run_dir", "trainer_options"]
+__all__ = [
+    "apply_finetuning",
+    "build_parser",
+    "build_trainer",
+    "main",
+    "make_run_dir",
+    "segmenter_from_config",
+    "trainer_options",
+]
 
 # Lightning's DDP launcher re-runs this script once per extra device; those processes must reuse rank 0's run
 # directory instead of creating their own timestamped one. Children inherit the environment, so rank 0 leaves the
@@ -139,6 +147,24 @@ def apply_finetuning(net: nn.Module, adapter: AdapterConfig) -> list[str]:
         blocks=adapter.blocks,
         rank=adapter.rank,
         **adapter.method_options(),
+    )
+
+
+def segmenter_from_config(cfg: Config, pretrained: bool | str | None = None) -> nn.Module:
+    """Build the network the ``model`` section (and ``data.image_size``) describes.
+
+    Args:
+        cfg: A validated config.
+        pretrained: Overrides ``model.pretrained``, e.g. ``False`` when a checkpoint is loaded next.
+    """
+    return build_segmenter(
+        encoder=cfg.model.encoder,
+        pretrained=cfg.model.pretrained if pretrained is None else pretrained,
+        decoder=cfg.model.decoder,
+        in_channels=cfg.model.in_channels,
+        num_classes=cfg.model.num_classes,
+        img_size=cfg.data.image_size,
+        decoder_channels=cfg.model.decoder_channels,
     )
 
 
@@ -294,15 +320,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     datamodule = _build_datamodule(cfg)
     try:
-        net = build_segmenter(
-            encoder=cfg.model.encoder,
-            pretrained=cfg.model.pretrained,
-            decoder=cfg.model.decoder,
-            in_channels=cfg.model.in_channels,
-            num_classes=cfg.model.num_classes,
-            img_size=cfg.data.image_size,
-            decoder_channels=cfg.model.decoder_channels,
-        )
+        net = segmenter_from_config(cfg)
     except PretrainedWeightsError as err:
         _exit_with_error(str(err))
     except ValueError as err:  # unknown decoder or encoder family, or a decoder that does not fit the encoder
