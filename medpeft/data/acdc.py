@@ -247,7 +247,7 @@ def acdc_split(
     )
 
 
-@register_dataset("acdc", num_classes=len(ACDC_CLASSES), in_channels=1)
+@register_dataset("acdc", num_classes=len(ACDC_CLASSES), in_channels=1, class_names=ACDC_CLASSES)
 def build_acdc(
     root: str | os.PathLike[str],
     split: str = "train",

@@ -461,7 +461,7 @@ def busi_split(
     return {name: [by_name[case_id] for case_id in assignment[name]] for name in SPLIT_NAMES}
 
 
-@register_dataset("busi", num_classes=2, in_channels=1)
+@register_dataset("busi", num_classes=2, in_channels=1, class_names=("background", "lesion"))
 def build_busi(
     root: str | os.PathLike[str],
     split: str = "train",

@@ -197,7 +197,7 @@ def isic_split_records(
     return [case for case in train_cases if case["name"] in keep]
 
 
-@register_dataset("isic2018", num_classes=2, in_channels=3)
+@register_dataset("isic2018", num_classes=2, in_channels=3, class_names=("background", "lesion"))
 def build_isic2018(
     root: str | os.PathLike[str],
     split: str = "train",

@@ -3,15 +3,16 @@
 Datasets are referred to by name (``"isic2018"``, ``"demo"``, ...), timm-style: a builder function is registered
 with :func:`register_dataset` and called through :func:`build_dataset`. Every builder takes
 ``(root, split, **options)`` and returns a :class:`SegmentationDataset` whose items are
-``{"image": float32 [C, S, S] in [0, 1], "label": int64 [1, S, S], "name": str}``. The number of classes and input
-channels are registered alongside the builder, so a model can be sized before any file is read.
+``{"image": float32 [C, S, S] in [0, 1], "label": int64 [1, S, S], "name": str}``. The number of classes, their names
+and the number of input channels are registered alongside the builder, so a model can be sized (and a metrics table
+labelled) before any file is read.
 
 Errors follow one rule: they name the file or folder at fault. A missing dataset raises
 :class:`DatasetNotFoundError`; a bad file raises :class:`~medpeft.data.transforms.CaseFileError` (a ``ValueError``).
 
 .. code-block:: python
 
-    @register_dataset("isic2018", num_classes=2, in_channels=3)
+    @register_dataset("isic2018", num_classes=2, in_channels=3, class_names=("background", "lesion"))
     def build_isic2018(root, split="train", **options) -> SegmentationDataset: ...
 
     ds = build_dataset("isic2018", "datasets/isic2018", split="val", image_size=256)
@@ -57,12 +58,14 @@ class DatasetInfo:
         default_root: Root used when the caller passes ``root=None``.
         prepare: Optional ``prepare(root)`` hook that creates the data (e.g. the synthetic demo); ``None`` for data
             that must be downloaded by the user.
+        class_names: Name of each class id ``0 .. num_classes - 1``, background first (``len == num_classes``).
     """
 
     num_classes: int
     in_channels: int
     default_root: str | None = None
     prepare: Callable[[Path], Any] | None = None
+    class_names: tuple[str, ...] = ()
 
 
 DATASETS: dict[str, Callable[..., SegmentationDataset]] = {}
@@ -76,6 +79,7 @@ def register_dataset(
     in_channels: int,
     default_root: str | None = None,
     prepare: Callable[[Path], Any] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Callable[[Callable[..., SegmentationDataset]], Callable[..., SegmentationDataset]]:
     """Register a dataset builder under ``name`` (decorator).
 
@@ -85,21 +89,26 @@ def register_dataset(
         in_channels: Number of image channels.
         default_root: Root used when ``build_dataset`` gets ``root=None``.
         prepare: Optional hook creating the data under a root (see :class:`DatasetInfo`).
+        class_names: Name of each class id, background first; ``None`` gives ``"background", "class 1", ...``.
 
     Returns:
         The decorator; it returns the builder unchanged.
 
     Raises:
-        ValueError: If ``name`` is not lower-case or is already registered.
+        ValueError: If ``name`` is not lower-case or is already registered, or ``class_names`` does not have
+            ``num_classes`` entries.
     """
     if name != name.lower() or not name:
         raise ValueError(f"dataset names must be non-empty and lower-case, got {name!r}")
+    names = ("background", *(f"class {c}" for c in range(1, num_classes))) if class_names is None else class_names
+    if len(names) != num_classes:
+        raise ValueError(f"dataset {name!r}: {len(names)} class_names {list(names)} for num_classes={num_classes}")
 
     def decorator(builder: Callable[..., SegmentationDataset]) -> Callable[..., SegmentationDataset]:
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is already registered (by {DATASETS[name].__qualname__})")
         DATASETS[name] = builder
-        _INFO[name] = DatasetInfo(num_classes, in_channels, default_root, prepare)
+        _INFO[name] = DatasetInfo(num_classes, in_channels, default_root, prepare, tuple(names))
         return builder
 
     return decorator

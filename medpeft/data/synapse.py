@@ -82,8 +82,8 @@ SYNAPSE_CLASSES: tuple[str, ...] = (
     "background",
     "aorta",
     "gallbladder",
-    "kidney_left",
-    "kidney_right",
+    "left kidney",
+    "right kidney",
     "liver",
     "pancreas",
     "spleen",
@@ -374,7 +374,7 @@ def synapse_split(
     )
 
 
-@register_dataset("synapse", num_classes=len(SYNAPSE_CLASSES), in_channels=1)
+@register_dataset("synapse", num_classes=len(SYNAPSE_CLASSES), in_channels=1, class_names=SYNAPSE_CLASSES)
 def build_synapse(
     root: str | os.PathLike[str],
     split: str = "train",

@@ -442,7 +442,14 @@ def generate_source_task(root: str | os.PathLike[str], n_images: int = 400, size
     return _write_set(root, n_images, seed, _SOURCE_TASK, lambda rng: render_source_case(rng, size))
 
 
-@register_dataset("demo", num_classes=2, in_channels=3, default_root="datasets/demo", prepare=generate_demo_isic)
+@register_dataset(
+    "demo",
+    num_classes=2,
+    in_channels=3,
+    default_root="datasets/demo",
+    prepare=generate_demo_isic,
+    class_names=("background", "lesion"),
+)
 def build_demo(root: str | os.PathLike[str], split: str = "train", **options: Any) -> SegmentationDataset:
     """The synthetic TARGET task: generated into ``root`` on first use, then read like ISIC 2018.
 
@@ -460,6 +467,7 @@ def build_demo(root: str | os.PathLike[str], split: str = "train", **options: An
     in_channels=3,
     default_root="datasets/demo_source",
     prepare=generate_source_task,
+    class_names=("background", "shape"),
 )
 def build_demo_source(root: str | os.PathLike[str], split: str = "train", **options: Any) -> SegmentationDataset:
     """The synthetic SOURCE task (encoder pre-training): generated into ``root`` on first use, then read like ISIC.
