@@ -32,7 +32,7 @@ from medpeft.io import atomic_output  # noqa: E402
 from medpeft.models.pretrained import encoder_state_dict_for_timm  # noqa: E402
 from medpeft.training.config import load_config  # noqa: E402
 from medpeft.training.run import main as train_main  # noqa: E402
-from medpeft.training.run import segmenter_from_config  # noqa: E402
+from medpeft.training.network import segmenter_from_config  # noqa: E402
 
 __all__ = ["export_encoder", "main"]
 

@@ -33,7 +33,7 @@ from medpeft.data.splits import save_split_json, split_cases
 from medpeft.data.synapse import build_synapse
 from medpeft.data.synthetic import generate_demo_isic, generate_source_task
 from medpeft.data.transforms import CaseFileError
-from medpeft.data.volumes import VOLUME_DATASETS, build_volume_dataset
+from medpeft.data.volumes import VOLUME_DATASETS, build_volume_dataset, resize_in_plane
 
 __all__ = [
     "DATASETS",
@@ -53,6 +53,7 @@ __all__ = [
     "generate_demo_isic",
     "generate_source_task",
     "register_dataset",
+    "resize_in_plane",
     "save_split_json",
     "split_cases",
 ]

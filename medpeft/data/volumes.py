@@ -72,6 +72,7 @@ __all__ = [
     "percentile_normalise",
     "read_nifti",
     "register_volume_dataset",
+    "resize_in_plane",
     "split_volume_cases",
     "volume_record",
     "window_normalise",
@@ -325,6 +326,23 @@ def check_split(split: str) -> None:
 # -------------------------------------------------------------------------------------------------- slice datasets
 
 
+def resize_in_plane(volume: torch.Tensor, size: int, is_label: bool = False) -> torch.Tensor:
+    """Resize every slice of ``volume`` [D, H, W] to ``[D, size, size]`` the way training slices are made.
+
+    Images: bilinear with anti-aliasing, clamped to [0, 1] (bilinear overshoot), float32. Labels: ``nearest-exact``
+    (pixel-centre sampling, the same grid as bilinear with ``align_corners=False``), uint8. The D slices act as
+    channels, so MONAI ``Resize`` interpolates in-plane only. Evaluation feeds the network exactly these slices.
+    """
+    target = (size, size)
+    if is_label:
+        if tuple(volume.shape[1:]) != target:
+            volume = Resize(target, mode="nearest-exact")(volume.float())
+        return convert_to_tensor(volume, track_meta=False).round().to(torch.uint8)
+    if tuple(volume.shape[1:]) != target:
+        volume = Resize(target, mode="bilinear", align_corners=False, anti_aliasing=True)(volume)
+    return convert_to_tensor(volume, dtype=torch.float32, track_meta=False).clamp(0.0, 1.0)
+
+
 class VolumeSliceCache:
     """Reads volumes on first use and keeps them resized in-plane to ``S x S``.
 
@@ -347,15 +365,7 @@ class VolumeSliceCache:
         image, label = volume["image"], volume["label"]  # [D, H, W] each
         if image.shape[0] != case.depth:
             raise CaseFileError(case.name, f"volume has {image.shape[0]} slices, its header said {case.depth}")
-        size = (self.image_size, self.image_size)
-        if tuple(image.shape[1:]) != size:
-            # The D slices act as channels: Resize then interpolates each slice in-plane only. "nearest-exact"
-            # samples at pixel centres, the same grid as bilinear with align_corners=False.
-            image = Resize(size, mode="bilinear", align_corners=False, anti_aliasing=True)(image)
-            label = Resize(size, mode="nearest-exact")(label.float())
-        image = convert_to_tensor(image, dtype=torch.float32, track_meta=False).clamp(0.0, 1.0)  # bilinear overshoot
-        label = convert_to_tensor(label, track_meta=False).round().to(torch.uint8)
-        return image, label
+        return resize_in_plane(image, self.image_size), resize_in_plane(label, self.image_size, is_label=True)
 
     def slice(self, index: int, z: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Slice ``z`` of volume ``index``: image float32 ``[1, S, S]`` in ``[0, 1]``, label uint8 ``[1, S, S]``."""

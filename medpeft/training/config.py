@@ -252,6 +252,9 @@ class Config:
             training script sets itself (:data:`RESERVED_TRAINER_KEYS`) are rejected.
         seed: Global seed for Python, NumPy, torch and dataloader workers. Defaults to ``0``.
         output_dir: Parent directory of the run directories. Defaults to ``"runs"``.
+        name: Label of the run in comparison tables (``scripts/compare.py`` groups runs by it, seeds averaged);
+            ``None`` uses ``adapter.method``. Set it to tell apart runs of one method, e.g. ``scratch`` for
+            ``full`` fine-tuning from a random initialisation.
     """
 
     data: DataConfig
@@ -261,11 +264,17 @@ class Config:
     trainer: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     output_dir: str = "runs"
+    name: str | None = None
 
     def __post_init__(self) -> None:
         if self.data.split_seed is None:
             self.data.split_seed = self.seed
         _check_trainer_keys(self.trainer)
+
+    @property
+    def label(self) -> str:
+        """The run's label in comparison tables: ``name``, or ``adapter.method`` when unset."""
+        return self.name or self.adapter.method
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain nested dicts and lists, in schema order (what :func:`save_config` writes)."""

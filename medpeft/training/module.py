@@ -1,15 +1,14 @@
-"""The LightningModule that trains and evaluates a built segmentation network.
+"""The LightningModule that trains and validates a built segmentation network.
 
 It follows Lightning's ``backbone_image_classifier.py`` example: the network is a plain ``nn.Module`` built
 (and, for PEFT, injected with adapters) outside and handed in; this module only adds the loss, the optimizer and
-schedule, and the metrics. Metrics are MONAI's, used in their per-batch call -> ``aggregate()`` -> ``reset()``
-cycle.
+schedule, and the validation Dice (MONAI's ``DiceMetric`` in its per-batch call -> ``aggregate()`` -> ``reset()``
+cycle) that selects the checkpoint. Held-out testing lives in :mod:`medpeft.evaluation`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from functools import partial
 from typing import Any
 
@@ -17,12 +16,12 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU, SurfaceDistanceMetric
+from monai.metrics import DiceMetric
 from torch import nn
 
 from medpeft.adapters import regularization_loss
 
-__all__ = ["SegmentationModule", "summarize_case_scores", "warmup_cosine"]
+__all__ = ["SegmentationModule", "warmup_cosine"]
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -45,47 +44,8 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def summarize_case_scores(scores: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Average per-case metric scores per class and over classes, leaving out undefined cases.
-
-    MONAI marks a case as NaN when a metric is undefined for it (Dice/IoU with an empty ground-truth mask, the
-    surface distances with an empty prediction or ground truth; the average surface distance gives ``inf``
-    there instead, so non-finite values are treated alike). Such cases are excluded from the means and counted.
-
-    Args:
-        scores: Metric name -> per-case scores of shape ``[N, C]`` (N cases, C foreground classes; class ``c``
-            in column ``c - 1`` because the background is not scored).
-
-    Returns:
-        ``{name: mean over classes}`` for every metric (``None`` where nothing was defined), ``per_class``
-        mapping the class index (as a string, for JSON) to ``{name: mean, "n_excluded": {name: count}}``, and
-        ``n_test_cases``.
-    """
-    per_class: dict[str, dict[str, Any]] = {}
-    excluded: dict[str, dict[str, int]] = {}
-    class_means: dict[str, list[float]] = {name: [] for name in scores}
-    n_cases = 0
-    for name, values in scores.items():
-        values = values.double().cpu()
-        n_cases = values.shape[0]
-        for column in range(values.shape[1]):
-            key = str(column + 1)
-            defined = values[:, column][torch.isfinite(values[:, column])]
-            mean = float(defined.mean()) if defined.numel() else None
-            per_class.setdefault(key, {})[name] = mean
-            excluded.setdefault(key, {})[name] = int(values.shape[0] - defined.numel())
-            if mean is not None:
-                class_means[name].append(mean)
-    for key, counts in excluded.items():
-        per_class[key]["n_excluded"] = counts
-    summary: dict[str, Any] = {name: (sum(v) / len(v) if v else None) for name, v in class_means.items()}
-    summary["per_class"] = per_class
-    summary["n_test_cases"] = n_cases
-    return summary
-
-
 class SegmentationModule(pl.LightningModule):
-    """Train, validate and test a segmentation network with Dice+CE loss and MONAI metrics.
+    """Train and validate a segmentation network with Dice+CE loss; validation Dice (MONAI) selects checkpoints.
 
     Loss is MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True)`` plus ``reg_weight`` times the adapters'
     :func:`~medpeft.adapters.regularization_loss` (non-zero for TRM only). Only parameters with
@@ -93,9 +53,8 @@ class SegmentationModule(pl.LightningModule):
     with a per-step linear-warmup + cosine schedule. Metrics are computed on argmax predictions over the
     foreground classes only.
 
-    After :meth:`pytorch_lightning.Trainer.test`, :attr:`test_results` holds the output of
-    :func:`summarize_case_scores` for the per-image Dice, IoU, HD95 and average symmetric surface distance
-    (in pixels of the resized test images).
+    Held-out testing is not a Lightning loop here: :func:`medpeft.evaluation.evaluate_split` scores the test split
+    per case (per volume for 3D data), for ``scripts/train.py`` and ``scripts/evaluate.py`` alike.
 
     Args:
         net: The segmenter, with ``net.encoder`` (where adapters live) and ``forward(x [B, C, H, W]) -> logits
@@ -114,7 +73,7 @@ class SegmentationModule(pl.LightningModule):
         num_classes: int,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
-        warmup_steps: int | float = 0.05,
+        warmup_steps: float = 0.05,
         min_lr_ratio: float = 0.01,
         reg_weight: float = 1e-3,
     ) -> None:
@@ -123,13 +82,6 @@ class SegmentationModule(pl.LightningModule):
         self.net = net
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.val_dice = DiceMetric(include_background=False, reduction="mean")
-        self.test_scores = {
-            "dice": DiceMetric(include_background=False, reduction="none"),
-            "iou": MeanIoU(include_background=False, reduction="none"),
-            "hd95": HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none"),
-            "asd": SurfaceDistanceMetric(include_background=False, symmetric=True, reduction="none"),
-        }
-        self.test_results: dict[str, Any] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -159,24 +111,6 @@ class SegmentationModule(pl.LightningModule):
         # DiceMetric gathers its buffers across ranks in aggregate(); an all-empty epoch aggregates to 0
         self.log("val/dice", self.val_dice.aggregate().item(), prog_bar=True, sync_dist=True)
         self.val_dice.reset()
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        _, pred, target = self._step(batch)
-        with warnings.catch_warnings():
-            # empty masks are expected and counted by summarize_case_scores; MONAI would warn once per case
-            warnings.filterwarnings("ignore", message=".* is all 0, this may result in nan/inf distance")
-            warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
-            for metric in self.test_scores.values():
-                metric(y_pred=pred, y=target)
-
-    def on_test_epoch_end(self) -> None:
-        scores = {name: metric.aggregate() for name, metric in self.test_scores.items()}
-        for metric in self.test_scores.values():
-            metric.reset()
-        self.test_results = summarize_case_scores(scores)
-        for name in scores:
-            if self.test_results[name] is not None:
-                self.log(f"test/{name}", self.test_results[name])
 
     def on_fit_start(self) -> None:
         total = sum(p.numel() for p in self.net.parameters())

@@ -1,15 +1,19 @@
 """Train-then-test orchestration behind ``scripts/train.py``.
 
-One call of :func:`main` is one run: validate the config, create the run directory, train with Lightning, reload
-the best checkpoint, evaluate it on the held-out test split and write ``metrics.json``. The run directory
-``<output_dir>/<config stem>/<YYYYmmdd-HHMMSS>`` then holds::
+One call of :func:`main` is one run: validate the config and the data, create the run directory, train with
+Lightning, reload the best checkpoint, evaluate it on the held-out test split with
+:func:`medpeft.evaluation.evaluate_split` (the code ``scripts/evaluate.py`` runs, so both give the same numbers)
+and write ``metrics.json``. The run directory ``<output_dir>/<config stem>/<YYYYmmdd-HHMMSS>`` then holds::
 
     config.yaml           resolved config (re-runnable with --config)   written first
     split.json            the train/val/test case names                  before training
     checkpoints/*.ckpt    best (by val/dice) and last.ckpt               as training goes
     csv/metrics.csv       per-step and per-epoch logs (plus tensorboard/ event files)
     adapter.safetensors   adapter weights of the best checkpoint (PEFT methods only)   at the end
-    metrics.json          test metrics, parameter counts, GFLOPs, timing               at the end, atomically
+    per_case.csv          test scores per case and class                               at the end, atomically
+    summary.json          mean ± std per class and overall, definitions, exclusions    at the end, atomically
+    overlays/*.png        best, median and worst test case                             at the end
+    metrics.json          scores, parameter counts, GFLOPs, timing (written last)      at the end, atomically
 
 so a crash loses nothing already done, and a ``metrics.json`` that exists is complete.
 
@@ -21,9 +25,7 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
 import os
 import sys
 import time
@@ -37,12 +39,15 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
-from medpeft.adapters import inject_adapters, merge_adapters, save_adapter
+from medpeft.adapters import save_adapter
 from medpeft.data import DatasetNotFoundError, SegmentationDataModule
-from medpeft.models import PretrainedWeightsError, build_segmenter, count_parameters, measure_gflops
+from medpeft.evaluation.checkpoint import load_network_state
+from medpeft.evaluation.evaluator import evaluate_split
+from medpeft.evaluation.report import json_safe, write_evaluation
+from medpeft.metrics import efficiency_figures
+from medpeft.models import PretrainedWeightsError
 from medpeft.training.config import (
     PEFT_METHODS,
-    AdapterConfig,
     Config,
     ConfigError,
     load_config,
@@ -50,16 +55,10 @@ from medpeft.training.config import (
     write_text_atomic,
 )
 from medpeft.training.module import SegmentationModule
+from medpeft.training.network import apply_finetuning, segmenter_from_config
+from medpeft.training.throughput import TrainingThroughput
 
-__all__ = [
-    "apply_finetuning",
-    "build_parser",
-    "build_trainer",
-    "main",
-    "make_run_dir",
-    "segmenter_from_config",
-    "trainer_options",
-]
+__all__ = ["build_parser", "build_trainer", "collect_metrics", "main", "make_run_dir", "trainer_options"]
 
 # Lightning's DDP launcher re-runs this script once per extra device; those processes must reuse rank 0's run
 # directory instead of creating their own timestamped one. Children inherit the environment, so rank 0 leaves the
@@ -118,54 +117,6 @@ def make_run_dir(output_dir: str | os.PathLike[str], name: str) -> Path:
         os.environ[_RUN_DIR_ENV] = str(run_dir)
         return run_dir
     raise FileExistsError(f"could not create a fresh run directory under {parent}")
-
-
-def apply_finetuning(net: nn.Module, adapter: AdapterConfig) -> list[str]:
-    """Set which parameters of ``net`` train, as ``adapter.method`` says; the decoder always trains.
-
-    Args:
-        net: A segmenter from :func:`medpeft.models.build_segmenter` (has ``.encoder``).
-        adapter: The ``adapter`` config section.
-
-    Returns:
-        The qualified names (inside ``net.encoder``) of the layers given adapters; empty for ``full`` and
-        ``decoder_only``.
-
-    Raises:
-        ValueError: The adapter options do not fit the encoder (e.g. ``targets`` match no layer).
-    """
-    net.requires_grad_(True)
-    if adapter.method == "full":
-        return []
-    if adapter.method == "decoder_only":
-        net.encoder.requires_grad_(False)
-        return []
-    return inject_adapters(
-        net.encoder,
-        method=adapter.method,
-        targets=adapter.targets,
-        blocks=adapter.blocks,
-        rank=adapter.rank,
-        **adapter.method_options(),
-    )
-
-
-def segmenter_from_config(cfg: Config, pretrained: bool | str | None = None) -> nn.Module:
-    """Build the network the ``model`` section (and ``data.image_size``) describes.
-
-    Args:
-        cfg: A validated config.
-        pretrained: Overrides ``model.pretrained``, e.g. ``False`` when a checkpoint is loaded next.
-    """
-    return build_segmenter(
-        encoder=cfg.model.encoder,
-        pretrained=cfg.model.pretrained if pretrained is None else pretrained,
-        decoder=cfg.model.decoder,
-        in_channels=cfg.model.in_channels,
-        num_classes=cfg.model.num_classes,
-        img_size=cfg.data.image_size,
-        decoder_channels=cfg.model.decoder_channels,
-    )
 
 
 def trainer_options(trainer: dict[str, Any]) -> dict[str, Any]:
@@ -249,45 +200,46 @@ def build_trainer(cfg: Config, run_dir: Path) -> tuple[pl.Trainer, ModelCheckpoi
     return trainer, checkpoint
 
 
-def _json_number(value: float | None) -> float | None:
-    # JSON has no NaN/inf; an undefined mean is written as null
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _collect_metrics(
-    cfg: Config, net: nn.Module, results: dict[str, Any], n_adapted: int, best: str | None, train_seconds: float
+def collect_metrics(
+    cfg: Config,
+    net: nn.Module,
+    summary: dict[str, Any],
+    run_dir: Path,
+    n_adapted: int,
+    best: str | None,
+    train_seconds: float,
+    throughput: TrainingThroughput,
 ) -> dict[str, Any]:
-    """Assemble ``metrics.json``: test metrics (see :func:`~medpeft.training.module.summarize_case_scores`),
-    parameter counts (:func:`~medpeft.models.count_parameters`), GFLOPs per image at the configured size, and run
-    facts.
-
-    ``gflops`` is the inference cost with the adapters merged (a copy of the network is merged for the count), as
-    PEFT papers report it; ``gflops_unmerged`` is the cost of a forward as trained, where TRM and tCURLoRA also build
-    their weight deltas (work per forward call, not per image, so it shrinks with the batch size)."""
-    counts = count_parameters(net)
+    """Assemble ``metrics.json``: the run's identity, the held-out scores (overall means and stds, per class, what
+    was excluded; from :func:`~medpeft.metrics.summarize_scores`), the efficiency figures
+    (:func:`~medpeft.metrics.efficiency_figures`) and run facts. Paths are relative to ``run_dir``."""
+    overall = summary["overall"]
+    adapter_file = run_dir / "adapter.safetensors"
     image_shape = (1, cfg.model.in_channels, cfg.data.image_size, cfg.data.image_size)
-    merged = copy.deepcopy(net)
-    merge_adapters(merged.encoder)
-    return {
-        "method": cfg.adapter.method,
-        "encoder": cfg.model.encoder,
-        "dataset": cfg.data.dataset,
-        "seed": cfg.seed,
-        **{name: _json_number(results[name]) for name in ("dice", "iou", "hd95", "asd")},
-        "per_class": {
-            c: {k: (_json_number(v) if k != "n_excluded" else v) for k, v in entry.items()}
-            for c, entry in results["per_class"].items()
-        },
-        "n_test_cases": results["n_test_cases"],
-        **{key: int(counts[key]) for key in counts},
-        "adapter_fraction_of_encoder": counts["adapter_params"] / max(1, counts["encoder_params"]),
-        "adapted_modules": n_adapted,
-        "gflops": measure_gflops(merged, input_shape=image_shape),
-        "gflops_unmerged": measure_gflops(net, input_shape=image_shape),
-        "image_size": cfg.data.image_size,
-        "best_checkpoint": best,
-        "train_seconds": round(train_seconds, 2),
-    }
+    return json_safe(
+        {
+            "name": cfg.label,
+            "method": cfg.adapter.method,
+            "encoder": cfg.model.encoder,
+            "dataset": cfg.data.dataset,
+            "seed": cfg.seed,
+            "split": summary["split"],
+            "protocol": summary["protocol"],
+            "distance_unit": summary["distance_unit"],
+            **{metric: overall[metric]["mean"] for metric in overall},
+            "std": {metric: overall[metric]["std"] for metric in overall},
+            "n_excluded": {metric: overall[metric]["n_excluded"] for metric in overall},
+            "per_class": summary["per_class"],
+            "n_test_cases": summary["n_cases"],
+            **efficiency_figures(net, image_shape, adapter_file if adapter_file.is_file() else None),
+            "adapted_modules": n_adapted,
+            "image_size": cfg.data.image_size,
+            "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
+            "train_seconds": round(train_seconds, 2),
+            "train_images_per_second": throughput.images_per_second,
+            "train_peak_memory_mb": throughput.peak_memory_mb,
+        }
+    )
 
 
 def _fmt(value: float | None) -> str:
@@ -305,17 +257,14 @@ def main(argv: list[str] | None = None) -> Path:
 
     Raises:
         SystemExit: With status 2 on bad command-line arguments and on a config, dataset, pretrained-weights,
-            model or adapter-target error, reported on stderr without a traceback (see :func:`_exit_with_error`).
+            model or adapter-target error, reported on stderr without a traceback (see :func:`_exit_with_error`);
+            the run directory is created only after these checks pass.
     """
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         _exit_with_error(str(err))
-
-    run_dir = make_run_dir(cfg.output_dir, Path(args.config).stem)
-    print(f"run directory: {run_dir}")
-    save_config(cfg, run_dir / "config.yaml")
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = _build_datamodule(cfg)
@@ -329,9 +278,13 @@ def main(argv: list[str] | None = None) -> Path:
         adapted = apply_finetuning(net, cfg.adapter)
     except ValueError as err:
         _exit_with_error(f"adapter '{cfg.adapter.method}' does not fit encoder '{cfg.model.encoder}': {err}")
+
+    run_dir = make_run_dir(cfg.output_dir, Path(args.config).stem)
+    print(f"run directory: {run_dir}")
+    save_config(cfg, run_dir / "config.yaml")
+    datamodule.save_split(run_dir / "split.json")
     if adapted:
         print(f"{cfg.adapter.method}: adapters on {len(adapted)} encoder layers ({adapted[0]} ... {adapted[-1]})")
-    datamodule.save_split(run_dir / "split.json")
 
     module = SegmentationModule(
         net,
@@ -343,27 +296,33 @@ def main(argv: list[str] | None = None) -> Path:
         reg_weight=cfg.adapter.reg_weight,
     )
     trainer, checkpoint = build_trainer(cfg, run_dir)
+    throughput = TrainingThroughput()
+    trainer.callbacks.append(throughput)
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     train_seconds = time.perf_counter() - start
-
-    # The best checkpoint by val/dice; last.ckpt if validation never ran; the final weights if checkpointing is
-    # off (fast_dev_run). weights_only=True: the checkpoint holds tensors and plain hyper-parameters only.
-    best = checkpoint.best_model_path or checkpoint.last_model_path or None
-    trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
     if not trainer.is_global_zero:
         return run_dir
 
+    # The best checkpoint by val/dice; last.ckpt if validation never ran; the final weights if checkpointing is
+    # off (fast_dev_run). The test split is scored once, here, with the code scripts/evaluate.py uses.
+    best = checkpoint.best_model_path or checkpoint.last_model_path or None
+    if best:
+        load_network_state(net, best)
+    net.to(trainer.strategy.root_device)
     if cfg.adapter.method in PEFT_METHODS:
         save_adapter(net.encoder, run_dir / "adapter.safetensors")
-    metrics = _collect_metrics(cfg, net, module.test_results, len(adapted), best, train_seconds)
+    result = evaluate_split(net, cfg, split="test")
+    write_evaluation(result, run_dir, cfg.model.num_classes)
+    metrics = collect_metrics(cfg, net, result.summary, run_dir, len(adapted), best, train_seconds, throughput)
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
+    unit = metrics["distance_unit"]
     print(f"run directory: {run_dir}")
     print(
         f"test ({metrics['n_test_cases']} cases): dice {_fmt(metrics['dice'])} | iou {_fmt(metrics['iou'])} | "
-        f"hd95 {_fmt(metrics['hd95'])} px | asd {_fmt(metrics['asd'])} px"
+        f"hd95 {_fmt(metrics['hd95'])} {unit} | asd {_fmt(metrics['asd'])} {unit}"
     )
     print(
         f"params: trainable {metrics['trainable_params']:,d} of {metrics['total_params']:,d} | "

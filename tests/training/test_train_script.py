@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
-import math
 from pathlib import Path
 from types import ModuleType
 
@@ -13,7 +13,7 @@ import torch
 
 from medpeft.data import generate_demo_isic
 from medpeft.training.config import load_config
-from medpeft.training.module import summarize_case_scores, warmup_cosine
+from medpeft.training.module import warmup_cosine
 from medpeft.training.run import make_run_dir, trainer_options
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,10 +21,12 @@ REPO = Path(__file__).resolve().parents[2]
 METRIC_KEYS = {
     "dice", "iou", "hd95", "asd", "per_class", "trainable_params", "adapter_params", "decoder_params",
     "encoder_params", "total_params", "adapter_fraction_of_encoder", "gflops", "method", "encoder", "dataset",
-    "seed", "n_test_cases", "best_checkpoint", "train_seconds",
+    "seed", "n_test_cases", "best_checkpoint", "train_seconds", "name", "protocol", "distance_unit", "std",
+    "n_excluded", "trainable_fraction", "flop_convention", "adapter_file_bytes", "train_images_per_second",
 }  # fmt: skip
 
-# 32 px, batch 4, two training batches, one validation and one test batch: a few seconds per run on CPU.
+# 32 px, batch 4, two training batches and one validation batch (the test split is always scored whole): a few
+# seconds per run on CPU.
 TINY = [
     "data.image_size=32",
     "data.batch_size=4",
@@ -33,7 +35,6 @@ TINY = [
     "trainer.max_steps=2",
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
     "trainer.num_sanity_val_steps=0",
     "trainer.accelerator=cpu",
     "trainer.enable_model_summary=false",
@@ -73,14 +74,19 @@ def test_tiny_run_per_mode(train_script, demo_root: Path, tmp_path: Path, config
     assert run_dir.parent == tmp_path / Path(config).stem
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)
-    assert metrics["method"] == method and metrics["dataset"] == "demo" and metrics["n_test_cases"] == 4
-    assert 0.0 <= metrics["dice"] <= 1.0 and set(metrics["per_class"]) == {"1"}
+    test_cases = json.loads((run_dir / "split.json").read_text())["test"]
+    assert metrics["method"] == metrics["name"] == method and metrics["dataset"] == "demo"
+    assert metrics["n_test_cases"] == len(test_cases) and metrics["protocol"] == "symmetric"
+    assert metrics["distance_unit"] == "px" and 0.0 <= metrics["dice"] <= 1.0 and set(metrics["per_class"]) == {"1"}
+    with open(run_dir / "per_case.csv", newline="") as handle:
+        assert sorted(row["case"] for row in csv.DictReader(handle)) == sorted(test_cases)
+    assert (run_dir / "summary.json").is_file() and len(list((run_dir / "overlays").glob("*.png"))) == 3
     assert metrics["gflops"] > 0 and metrics["train_seconds"] > 0
     # merged adapters cost nothing at inference: the same count as the plain network's, never more than unmerged
     assert metrics["gflops"] <= metrics["gflops_unmerged"]
     if method in ("full", "decoder_only"):
         assert metrics["gflops"] == metrics["gflops_unmerged"]
-    assert Path(metrics["best_checkpoint"]).is_file() and "best-" in Path(metrics["best_checkpoint"]).name
+    assert (run_dir / metrics["best_checkpoint"]).is_file() and "best-" in Path(metrics["best_checkpoint"]).name
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "split.json").is_file()
     assert load_config(run_dir / "config.yaml").adapter.method == method
 
@@ -110,6 +116,7 @@ def test_missing_isic_root_exits_2(train_script, tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     first_line = err.splitlines()[0]  # the data package adds hint lines (expected layout, download page)
     assert str(missing) in first_line and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # the data is checked before a run directory is made
 
 
 def test_help_documents_arguments(train_script, capsys: pytest.CaptureFixture) -> None:
@@ -125,18 +132,6 @@ def test_warmup_cosine_schedule() -> None:
     assert factors[:3] == [0.5, 1.0, 1.0]
     assert all(a >= b for a, b in zip(factors[2:], factors[3:]))
     assert factors[10] == pytest.approx(0.1) and factors[11] == pytest.approx(0.1)
-
-
-def test_summarize_excludes_and_counts_undefined_cases() -> None:
-    nan, inf = math.nan, math.inf
-    scores = {
-        "dice": torch.tensor([[0.5, nan], [1.0, 0.0]]),
-        "asd": torch.tensor([[2.0, inf], [nan, nan]]),
-    }
-    summary = summarize_case_scores(scores)
-    assert summary["per_class"]["1"] == {"dice": 0.75, "asd": 2.0, "n_excluded": {"dice": 0, "asd": 1}}
-    assert summary["per_class"]["2"] == {"dice": 0.0, "asd": None, "n_excluded": {"dice": 1, "asd": 2}}
-    assert summary["dice"] == pytest.approx(0.375) and summary["asd"] == 2.0 and summary["n_test_cases"] == 2
 
 
 def test_trainer_options_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,66 @@
+"""Rebuild a trained network from a run's config and a checkpoint file (Lightning ``.ckpt`` or ``.safetensors``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from medpeft.training.config import Config
+from medpeft.training.network import apply_finetuning, segmenter_from_config
+
+__all__ = ["find_run_checkpoint", "load_network_state", "load_trained_network"]
+
+
+def find_run_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
+    """The checkpoint a run was tested with: ``metrics.json``'s ``best_checkpoint``, else the one
+    ``checkpoints/best-*.ckpt``, else ``checkpoints/last.ckpt``.
+
+    Raises:
+        FileNotFoundError: Naming the run directory, when it holds none of them.
+    """
+    run = Path(run_dir)
+    metrics = run / "metrics.json"
+    if metrics.is_file():
+        recorded = json.loads(metrics.read_text()).get("best_checkpoint")
+        if recorded and (run / recorded).is_file():
+            return run / recorded
+    candidates = sorted((run / "checkpoints").glob("best-*.ckpt")) or sorted((run / "checkpoints").glob("last.ckpt"))
+    if not candidates:
+        raise FileNotFoundError(f"{run}: no checkpoint found (looked for checkpoints/best-*.ckpt and last.ckpt)")
+    return candidates[-1]
+
+
+def load_network_state(net: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a checkpoint's weights into ``net`` (strict: every key must match).
+
+    Accepts a Lightning checkpoint (``state_dict`` keys prefixed ``net.``, read with ``weights_only=True``) or a
+    ``.safetensors`` file of ``net.state_dict()``.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state = load_file(path)
+    else:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = {
+            key.removeprefix("net."): value
+            for key, value in checkpoint["state_dict"].items()
+            if key.startswith("net.")
+        }
+    net.load_state_dict(state, strict=True)
+
+
+def load_trained_network(cfg: Config, checkpoint: str | os.PathLike[str]) -> nn.Module:
+    """Build the network as the run did (``model.pretrained`` weights, then the adapters), then load ``checkpoint``.
+
+    The pretrained weights are loaded first because tCURLoRA's column / row factors are taken from the frozen
+    weights at injection (they are not stored in checkpoints).
+    """
+    net = segmenter_from_config(cfg)
+    apply_finetuning(net, cfg.adapter)
+    load_network_state(net, checkpoint)
+    return net.eval()

@@ -1,0 +1,160 @@
+"""Score a network on one split of the dataset its config names: per case, per class, then summarised.
+
+What a "case" is follows the published protocols of each dataset:
+
+* 2D datasets (ISIC 2018, BUSI, the demo): one image, scored at the training resolution ``S x S`` (the test images
+  and masks resized as for training), distances in pixels of that grid.
+* 3D datasets (ACDC, Synapse; :data:`~medpeft.data.VOLUME_DATASETS`): one volume, predicted slice by slice
+  (:func:`~medpeft.evaluation.inference.predict_volume`) and scored on the stacked volume at its native voxel grid,
+  distances in mm from the file's spacing (voxels under ``protocol="transunet"``).
+
+The split is rebuilt from the config (``data.split_seed``, fractions, options), so it is the split the run trained
+and selected its checkpoint on; the test split is never seen before this.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from medpeft.data import VOLUME_DATASETS, build_dataset, build_volume_dataset, dataset_info
+from medpeft.evaluation.inference import predict_images, predict_volume
+from medpeft.metrics import Protocol, case_scores, distance_unit, summarize_scores
+from medpeft.training.config import Config
+
+__all__ = ["CaseView", "EvaluationResult", "evaluate_split"]
+
+
+@dataclass
+class CaseView:
+    """One 2D view of a case for overlays: ``image`` float [H, W] in [0, 1], ``label`` / ``pred`` int [H, W] (for a
+    volume, the slice with the most ground-truth foreground)."""
+
+    image: torch.Tensor
+    label: torch.Tensor
+    pred: torch.Tensor
+
+
+@dataclass
+class EvaluationResult:
+    """Per-case rows (``case``, ``class``, ``class_name``, ``dice``, ``iou``, ``hd95``, ``asd``, ``gt_voxels``,
+    ``pred_voxels``), their :func:`~medpeft.metrics.summarize_scores` summary, and one view per case."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    views: dict[str, CaseView] = field(default_factory=dict)
+
+
+def _dataset_options(cfg: Config) -> dict[str, Any]:
+    """``data.options`` without the loader settings that evaluation fixes (no augmentation, no cache)."""
+    return {key: value for key, value in cfg.data.options.items() if key not in ("augment", "cache_rate")}
+
+
+def _builder_options(builder: Any, cfg: Config) -> dict[str, Any]:
+    """The split arguments and ``data.options`` that ``builder`` takes."""
+    options = {
+        "seed": cfg.data.split_seed,
+        "val_fraction": cfg.data.val_fraction,
+        "test_fraction": cfg.data.test_fraction,
+        **_dataset_options(cfg),
+    }
+    accepted = inspect.signature(builder).parameters
+    return {key: value for key, value in options.items() if key in accepted}
+
+
+def _image_cases(
+    net: nn.Module, cfg: Config, root: str | None, split: str, batch_size: int
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, None]]:
+    dataset = build_dataset(
+        cfg.data.dataset,
+        root,
+        split=split,
+        image_size=cfg.data.image_size,
+        seed=cfg.data.split_seed,
+        val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction,
+        **{**_dataset_options(cfg), "augment": False, "cache_rate": 0.0},
+    )
+    device = next(net.parameters()).device
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+        preds = predict_images(net, batch["image"].to(device)).cpu()
+        for name, image, label, pred in zip(batch["name"], batch["image"], batch["label"], preds):
+            yield name, image, label.reshape(pred.shape), pred, None
+
+
+def _volume_cases(
+    net: nn.Module, cfg: Config, root: str | None, split: str, batch_size: int
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, ...]]]:
+    builder = VOLUME_DATASETS[cfg.data.dataset]
+    volumes = build_volume_dataset(cfg.data.dataset, root, split=split, **_builder_options(builder, cfg))
+    for volume in volumes:
+        pred = predict_volume(net, volume["image"], cfg.data.image_size, cfg.model.in_channels, batch_size)
+        yield volume["name"], volume["image"], volume["label"], pred, tuple(volume["spacing"])
+
+
+def _view(image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, is_volume: bool) -> CaseView:
+    """2D: image [C, H, W] (shown as RGB or grayscale); volume: image [D, H, W], the slice with most foreground."""
+    if is_volume:
+        z = int((label > 0).flatten(1).sum(dim=1).argmax())
+        return CaseView(image[z].float().clone(), label[z].clone(), pred[z].clone())
+    shown = image.permute(1, 2, 0)[..., :3] if image.shape[0] > 1 else image[0]
+    return CaseView(shown.float().clone(), label.clone(), pred.clone())
+
+
+def evaluate_split(
+    net: nn.Module,
+    cfg: Config,
+    split: str = "test",
+    protocol: Protocol = "symmetric",
+    data_root: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Predict and score every case of one split.
+
+    Args:
+        net: The trained segmenter (any device); evaluated in eval mode, its mode restored afterwards.
+        cfg: The run's config: dataset, root, image size, split seed, fractions and options.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        protocol: Scoring protocol, see :mod:`medpeft.metrics.scores`.
+        data_root: Overrides ``data.root`` (the data moved since training).
+        batch_size: Images (2D) or slices (3D) per forward pass; defaults to ``data.batch_size``.
+        progress: Show a progress bar on stderr.
+
+    Returns:
+        Rows in case order, the summary, and one view per case.
+    """
+    root = data_root if data_root is not None else cfg.data.root
+    info = dataset_info(cfg.data.dataset)
+    is_volume = cfg.data.dataset in VOLUME_DATASETS
+    cases = (_volume_cases if is_volume else _image_cases)(net, cfg, root, split, batch_size or cfg.data.batch_size)
+    unit = "px"
+    rows: list[dict[str, Any]] = []
+    views: dict[str, CaseView] = {}
+    was_training = net.training
+    net.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
+            for name, image, label, pred, spacing in tqdm(
+                cases, desc=f"evaluate {split}", unit="case", disable=not progress, leave=False
+            ):
+                unit = distance_unit(protocol, spacing)
+                for row in case_scores(pred, label, info.num_classes, spacing, protocol):
+                    c = int(row["class"])
+                    class_name = info.class_names[c] if info.class_names else str(c)
+                    rows.append({"case": name, "class": c, "class_name": class_name, **row})
+                views[name] = _view(image, label, pred, is_volume)
+    finally:
+        net.train(was_training)
+    summary = summarize_scores(rows, protocol, unit, info.class_names or None)
+    summary.update(split=split, dataset=cfg.data.dataset, image_size=cfg.data.image_size)
+    return EvaluationResult(rows, summary, views)
