@@ -10,65 +10,19 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
+from builders import ACDC_FIXTURE_GROUPS as FIXTURE_GROUPS
+from builders import ACDC_GROUPS as GROUPS
+from builders import ACDC_SHAPE as SHAPE
+from builders import make_acdc_patient as make_patient
+from builders import write_acdc_nifti as _write_nifti
 
 from medpeft.data.acdc import acdc_split, build_acdc, build_acdc_volumes, list_acdc_volumes
 from medpeft.data.registry import DatasetNotFoundError, dataset_info
 from medpeft.data.volumes import VOLUME_DATASETS, build_volume_dataset, percentile_normalise
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
-SHAPE = (20, 24, 4)  # (X, Y, Z) as stored
-ZOOMS = (1.5, 1.25, 10.0)  # (sx, sy, sz) in mm
-DTYPES = (np.int16, np.uint8, np.float32)
-GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")  # the real data has 20 patients in each
-FIXTURE_GROUPS = GROUPS[:3]
-
-
-def _write_nifti(path: Path, data: np.ndarray) -> None:
-    img = nib.Nifti1Image(data, np.diag([-1.0, -1.0, 1.0, 1.0]))  # no voxel size in the affine, as in ACDC
-    img.header.set_zooms(ZOOMS)
-    nib.save(img, path)
-
-
-def _volume(rng: np.random.Generator, dtype: type) -> tuple[np.ndarray, np.ndarray]:
-    """A random image of ``dtype`` (with one hot outlier) and a label holding all four classes, both (X, Y, Z)."""
-    label = rng.integers(0, 4, size=SHAPE).astype(np.uint8)
-    label[:4, :4, :] = 0  # background corner, and every class is present somewhere
-    high = {np.int16: 900, np.uint8: 200, np.float32: 3.5}[dtype]
-    image = (rng.random(SHAPE) * high).astype(dtype)
-    image[0, 0, 0] = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1e4  # clipped by the percentiles
-    return image, label
-
-
-def make_patient(
-    folder: Path,
-    number: int,
-    rng: np.random.Generator,
-    ed: int = 1,
-    es: int = 12,
-    labelled: bool = True,
-    group: str | None = None,
-) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Write one patient folder; returns ``{frame: (image, label)}`` as written (X, Y, Z)."""
-    patient = f"patient{number:03d}"
-    folder = folder / patient
-    folder.mkdir(parents=True)
-    group = group or FIXTURE_GROUPS[number % len(FIXTURE_GROUPS)]
-    (folder / "Info.cfg").write_text(f"ED: {ed}\nES: {es}\nGroup: {group}\nHeight: 180.0\nNbFrame: 30\nWeight: 80.0\n")
-    dtype = DTYPES[number % len(DTYPES)]
-    written = {}
-    for frame in (ed, es):
-        image, label = _volume(rng, dtype)
-        _write_nifti(folder / f"{patient}_frame{frame:02d}.nii.gz", image)
-        if labelled:
-            _write_nifti(folder / f"{patient}_frame{frame:02d}_gt.nii.gz", label)
-        written[frame] = (image, label)
-    # Distractors that must be ignored: an unlabelled middle frame and the 4D cine file.
-    _write_nifti(folder / f"{patient}_frame05.nii.gz", _volume(rng, dtype)[0])
-    (folder / f"{patient}_4d.nii.gz").write_bytes(b"not read")
-    return written
 
 
 @pytest.fixture(scope="module")

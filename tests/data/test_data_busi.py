@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import BUSI_SIZE, busi_noise, busi_rect, save_l, write_busi
 from PIL import Image
 
 import medpeft.data.busi  # noqa: F401  (registers "busi")
@@ -33,76 +34,15 @@ from medpeft.data.busi import (
 from medpeft.data.splits import split_cases
 from medpeft.data.transforms import load_binary_mask
 
-SIZE = 32
+SIZE = BUSI_SIZE
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 REAL_SAMPLES = SHARED / "real-samples" / "busi"
 REAL_256 = SHARED / "real-data" / "busi256"
 
 
-def _noise(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
-
-
-def _rect(rows: slice, cols: slice) -> np.ndarray:
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[rows, cols] = 255
-    return mask
-
-
-def _save_l(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array).save(path)
-
-
-def _write_busi(root: Path) -> Path:
-    """Write the fixture under ``root/Dataset_BUSI_with_GT`` and return that folder."""
-    base = root / BUSI_FOLDER
-    folders = {name: base / name for name in ("benign", "malignant", "normal")}
-    for folder in folders.values():
-        folder.mkdir(parents=True)
-    benign, malignant, normal = folders["benign"], folders["malignant"], folders["normal"]
-
-    # benign (1): grey stored as RGB, with a 1-bit mask of 8x8 = 64 pixels.
-    grey = _noise(1)
-    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(benign / "benign (1).png")
-    Image.fromarray(_rect(slice(2, 10), slice(2, 10)) > 0).convert("1").save(benign / "benign (1)_mask.png")
-    # benign (3): near-duplicate of benign (1): sensor noise and a bright caliper cross.
-    rng = np.random.default_rng(100)
-    twin = np.clip(grey + rng.normal(0.0, 8.0, grey.shape), 0, 255).astype(np.uint8)
-    twin[14:19, 16] = twin[16, 14:19] = 255
-    _save_l(twin, benign / "benign (3).png")
-    _save_l(_rect(slice(2, 10), slice(2, 10)), benign / "benign (3)_mask.png")
-    # benign (2): three masks, L + RGBA (alpha 255 everywhere) + mode 1; the mode-1 one overlaps the first.
-    _save_l(_noise(2), benign / "benign (2).png")
-    _save_l(_rect(slice(0, 5), slice(0, 6)), benign / "benign (2)_mask.png")
-    rgba = np.full((SIZE, SIZE, 4), 255, np.uint8)
-    rgba[..., :3] = _rect(slice(20, 24), slice(20, 25))[..., None]
-    Image.fromarray(rgba, mode="RGBA").save(benign / "benign (2)_mask_1.png")
-    Image.fromarray(_rect(slice(3, 7), slice(3, 8)) > 0).convert("1").save(benign / "benign (2)_mask_2.png")
-    for k in range(4, 11):
-        _save_l(_noise(k), benign / f"benign ({k}).png")
-        _save_l(_rect(slice(0, k), slice(0, 10)), benign / f"benign ({k})_mask.png")
-
-    for k in range(1, 7):
-        _save_l(_rect(slice(10, 20), slice(5, 5 + k)), malignant / f"malignant ({k})_mask.png")
-        if k == 1:  # a tinted RGB image: its channels differ, so the grey value is the luma
-            tinted = np.stack([_noise(101), _noise(102), _noise(103)], axis=-1)
-            Image.fromarray(tinted).save(malignant / "malignant (1).png")
-        else:
-            _save_l(_noise(100 + k), malignant / f"malignant ({k}).png")
-    # benign (11) is malignant (6), byte for byte, filed under another class.
-    shutil.copyfile(malignant / "malignant (6).png", benign / "benign (11).png")
-    _save_l(_rect(slice(10, 20), slice(5, 11)), benign / "benign (11)_mask.png")
-
-    for k in range(1, 5):
-        _save_l(_noise(200 + k), normal / f"normal ({k}).png")
-        Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(normal / f"normal ({k})_mask.png")
-    (benign / ".DS_Store").write_bytes(b"\0")  # ignored
-    return base
-
-
 @pytest.fixture
 def busi_root(tmp_path: Path) -> Path:
-    _write_busi(tmp_path / "busi")
+    write_busi(tmp_path / "busi")
     return tmp_path / "busi"
 
 
@@ -136,9 +76,9 @@ def test_items_are_one_channel_binary_and_complete(busi_root: Path) -> None:
 def test_masks_are_merged_by_union(busi_root: Path) -> None:
     base = busi_root / BUSI_FOLDER
     expected = (
-        (_rect(slice(0, 5), slice(0, 6)) > 0)
-        | (_rect(slice(20, 24), slice(20, 25)) > 0)
-        | (_rect(slice(3, 7), slice(3, 8)) > 0)
+        (busi_rect(slice(0, 5), slice(0, 6)) > 0)
+        | (busi_rect(slice(20, 24), slice(20, 25)) > 0)
+        | (busi_rect(slice(3, 7), slice(3, 8)) > 0)
     )
     assert expected.sum() == 30 + 20 + 20 - 6  # the mode-1 mask overlaps the first one on 2x3 pixels
     # The RGBA mask alone: 20 pixels, not the 25 %+ that averaging its four raw channels would suggest.
@@ -155,10 +95,10 @@ def test_masks_are_merged_by_union(busi_root: Path) -> None:
 def test_rgb_images_become_their_luma(busi_root: Path) -> None:
     base = busi_root / BUSI_FOLDER
     image = _load(base, "malignant (1)")["image"]
-    rgb = np.stack([_noise(101), _noise(102), _noise(103)], axis=-1)
+    rgb = np.stack([busi_noise(101), busi_noise(102), busi_noise(103)], axis=-1)
     assert image.shape == (1, SIZE, SIZE)
     assert np.array_equal(image[0], np.asarray(Image.fromarray(rgb).convert("L"), np.float32))
-    assert np.array_equal(_load(base, "benign (1)")["image"][0], _noise(1))  # grey-as-RGB stays exact
+    assert np.array_equal(_load(base, "benign (1)")["image"][0], busi_noise(1))  # grey-as-RGB stays exact
 
 
 def test_include_normal_false_drops_normal(busi_root: Path) -> None:
@@ -260,7 +200,7 @@ def test_unpaired_files_are_named(busi_root: Path) -> None:
     with pytest.raises(CaseFileError, match=r"benign \(5\)\.png: image has no mask"):
         _build(busi_root, "train")
     (benign / "benign (5).png").unlink()
-    _save_l(_rect(slice(0, 2), slice(0, 2)), benign / "benign (99)_mask_1.png")
+    save_l(busi_rect(slice(0, 2), slice(0, 2)), benign / "benign (99)_mask_1.png")
     with pytest.raises(CaseFileError, match=r"benign \(99\)_mask_1\.png: mask has no image"):
         _build(busi_root, "train")
 
@@ -273,10 +213,10 @@ def test_bad_files_are_named_or_skipped(busi_root: Path, problem: str) -> None:
         bad.write_bytes(bad.read_bytes()[:200])
     elif problem == "grey mask":
         bad = folder / "malignant (3)_mask.png"
-        _save_l(_rect(slice(0, 4), slice(0, 4)) // 2, bad)  # 0 / 127: not a binary mask
+        save_l(busi_rect(slice(0, 4), slice(0, 4)) // 2, bad)  # 0 / 127: not a binary mask
     else:
         bad = folder / "malignant (3)_mask.png"
-        _save_l(np.zeros((SIZE, SIZE + 4), np.uint8), bad)
+        save_l(np.zeros((SIZE, SIZE + 4), np.uint8), bad)
     with pytest.raises(CaseFileError) as info:
         _build(busi_root, "train")
     assert info.value.path == str(bad)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import write_isic
 from PIL import Image
 
 from medpeft.data import CaseFileError, DatasetNotFoundError, build_dataset
@@ -15,32 +16,10 @@ from medpeft.data.isic import ISIC_URL, OFFICIAL_SPLIT_FOLDERS, TRAIN_GROUND_TRU
 SIZE = 32
 
 
-def _write_case(input_dir: Path, gt_dir: Path, k: int) -> None:
-    """Case ``ISIC_{k:07d}``: a 48x40 (WxH) image whose foreground rows ``[0, 4 + 4k)`` are bright, others dark.
-
-    The foreground fraction grows with ``k`` and the image shows its own mask, so pairing and alignment can be
-    checked from the loaded tensors alone.
-    """
-    mask = np.zeros((40, 48), np.uint8)
-    mask[: 4 + 4 * k] = 255
-    image = np.where(mask[..., None] > 0, 220, 20).astype(np.uint8).repeat(3, axis=2)
-    Image.fromarray(image).save(input_dir / f"ISIC_{k:07d}.jpg", quality=95)
-    Image.fromarray(mask).save(gt_dir / f"ISIC_{k:07d}_segmentation.png")
-
-
-def _write_isic(root: Path, ks: range = range(8), input_name: str = TRAIN_INPUT, gt_name: str = TRAIN_GROUND_TRUTH):
-    input_dir, gt_dir = root / input_name, root / gt_name
-    input_dir.mkdir(parents=True, exist_ok=True)
-    gt_dir.mkdir(parents=True, exist_ok=True)
-    for k in ks:
-        _write_case(input_dir, gt_dir, k)
-    return input_dir, gt_dir
-
-
 @pytest.fixture
 def isic_root(tmp_path: Path) -> Path:
     root = tmp_path / "isic2018"
-    input_dir, gt_dir = _write_isic(root)
+    input_dir, gt_dir = write_isic(root)
     # Files the reader must ignore.
     (root / "LICENSE.txt").write_text("CC-BY-NC")
     (input_dir / "ATTRIBUTION.txt").write_text("ISIC")
@@ -92,8 +71,8 @@ def test_augmentation_is_seeded_and_off_for_eval(isic_root: Path) -> None:
 
 
 def test_official_validation_and_test_folders_are_used(isic_root: Path) -> None:
-    _write_isic(isic_root, range(20, 23), *OFFICIAL_SPLIT_FOLDERS["val"])
-    _write_isic(isic_root, range(30, 32), *OFFICIAL_SPLIT_FOLDERS["test"])
+    write_isic(isic_root, range(20, 23), *OFFICIAL_SPLIT_FOLDERS["val"])
+    write_isic(isic_root, range(30, 32), *OFFICIAL_SPLIT_FOLDERS["test"])
     assert _build(isic_root, "val").case_ids == [f"ISIC_{k:07d}" for k in range(20, 23)]
     assert _build(isic_root, "test").case_ids == [f"ISIC_{k:07d}" for k in range(30, 32)]
     assert _build(isic_root, "train").case_ids == [f"ISIC_{k:07d}" for k in range(8)]
