@@ -1,5 +1,8 @@
 """Training: the typed experiment config, the LightningModule, and the train-then-test run behind ``scripts/train.py``.
 
+The run itself is :func:`medpeft.training.run.main`; it is not imported here, because it uses
+:mod:`medpeft.evaluation`, which in turn builds networks with this package's config and network modules.
+
 >>> from medpeft.training import load_config
 >>> cfg = load_config("configs/demo_lora.yaml", ["trainer.max_epochs=1"])  # doctest: +SKIP
 """
@@ -18,7 +21,6 @@ from medpeft.training.config import (
     save_config,
 )
 from medpeft.training.module import SegmentationModule
-from medpeft.training.run import main
 
 __all__ = [
     "PEFT_METHODS",
@@ -30,6 +32,5 @@ __all__ = [
     "OptimConfig",
     "SegmentationModule",
     "load_config",
-    "main",
     "save_config",
 ]

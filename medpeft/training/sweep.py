@@ -1,0 +1,293 @@
+"""Method x seed sweeps behind ``scripts/sweep.py``: train every combination, then compare them.
+
+Each run is a subprocess ``python scripts/train.py --config BASE --set ...`` (so one crashing run is reported and
+the sweep goes on) writing to ``<out>/<method>/seed<seed>/<config stem>/<timestamp>/``. A combination whose folder
+already holds a ``metrics.json`` is skipped, so an interrupted sweep resumes where it stopped. At the end the
+comparison of :mod:`medpeft.reports` is written to ``<out>/comparison/``.
+
+Per run the sweep sets ``adapter.method``, ``seed``, ``name`` (the method, the row label of the comparison) and
+``output_dir``, after the ``--set`` overrides and before the ``--method-set`` ones:
+
+- methods other than the base config's get the default rank of :data:`DEFAULT_RANKS` (a rank means something
+  different for each method, so a base rank is kept for the base method only; ``--method-set lora:adapter.rank=4``
+  sets another);
+- the pseudo-method ``scratch`` is ``full`` fine-tuning with ``model.pretrained=false``, the from-scratch baseline;
+- all runs share one train/val/test split: the paired tests of the comparison match test cases across methods, and
+  seeds should vary the training, not the data. If ``data.split_seed`` is null in the base config (the split then
+  follows ``seed``), it is pinned to the base ``seed`` for every run and the sweep says so.
+
+Every run's config is validated before the first run starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import NoReturn
+
+from medpeft.reports.compare import compare
+from medpeft.reports.runs import ComparisonError
+from medpeft.reports.tables import render_markdown
+from medpeft.training.config import PEFT_METHODS, ConfigError, load_config
+
+__all__ = ["DEFAULT_RANKS", "SWEEP_METHODS", "SweepRun", "build_parser", "main", "plan_sweep"]
+
+#: Adapter rank of a swept method that is not the base config's: the README demo settings for TRM (R = 2) and
+#: tCURLoRA (r = 1), and the common LoRA default r = 8 (Hu et al. 2021 use 4 to 64).
+DEFAULT_RANKS: dict[str, int] = {"lora": 8, "trm": 2, "tcurlora": 1}
+#: Methods a sweep accepts: the fine-tuning methods plus ``scratch`` (``full`` from random weights).
+SWEEP_METHODS: tuple[str, ...] = ("full", "decoder_only", "lora", "trm", "tcurlora", "scratch")
+#: Keys the sweep sets itself for every run.
+_SWEEP_KEYS: tuple[str, ...] = ("adapter.method", "seed", "name", "output_dir")
+_TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One method x seed combination of a sweep.
+
+    Args:
+        method: Row label: a fine-tuning method or ``scratch``.
+        seed: Training seed.
+        output_dir: The run's ``output_dir``; its run directory is created below it.
+        overrides: The ``--set`` overrides of ``scripts/train.py`` for this run.
+    """
+
+    method: str
+    seed: int
+    output_dir: Path
+    overrides: tuple[str, ...]
+
+    def command(self, config: str) -> list[str]:
+        """The ``scripts/train.py`` command line of this run."""
+        return [sys.executable, str(_TRAIN_SCRIPT), "--config", config, "--set", *self.overrides]
+
+    def is_done(self) -> bool:
+        """Whether a finished run (a ``metrics.json``) exists below :attr:`output_dir`."""
+        return any(self.output_dir.rglob("metrics.json"))
+
+
+def _split_follows_seed(config: str, sets: list[str]) -> bool:
+    """Whether ``data.split_seed`` resolves from ``seed`` (null in the config): then two seeds give two splits."""
+    return (
+        load_config(config, [*sets, "seed=0"]).data.split_seed
+        != load_config(config, [*sets, "seed=1"]).data.split_seed
+    )
+
+
+def _check_free_keys(overrides: list[str], option: str) -> None:
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key in _SWEEP_KEYS:
+            raise ConfigError(f"{option} {text}: '{key}' is set by the sweep for each run; allowed: other keys")
+
+
+def _parse_method_sets(texts: list[str], methods: list[str]) -> dict[str, list[str]]:
+    """Split ``METHOD:KEY=VALUE`` texts into per-method override lists."""
+    by_method: dict[str, list[str]] = {m: [] for m in methods}
+    for text in texts:
+        method, sep, override = text.partition(":")
+        if not sep or "=" not in override or "=" in method:
+            raise ConfigError(f"--method-set {text!r} must look like METHOD:KEY=VALUE, e.g. lora:adapter.rank=4")
+        if method not in by_method:
+            raise ConfigError(f"--method-set {text}: '{method}' is not a swept method ({', '.join(methods)})")
+        by_method[method].append(override)
+    for method, overrides in by_method.items():
+        _check_free_keys(overrides, f"--method-set {method}:")
+    return by_method
+
+
+def plan_sweep(
+    config: str,
+    methods: list[str],
+    seeds: list[int],
+    sets: list[str],
+    method_sets: list[str],
+    out: Path,
+) -> tuple[list[SweepRun], list[str]]:
+    """Plan the runs of a sweep and validate each run's config.
+
+    Args:
+        config: Base YAML config.
+        methods: Methods to sweep (:data:`SWEEP_METHODS`).
+        seeds: Training seeds.
+        sets: ``KEY=VALUE`` overrides for every run.
+        method_sets: ``METHOD:KEY=VALUE`` overrides for the runs of one method, applied last.
+        out: Sweep folder; run ``(m, s)`` writes to ``out/m/seed<s>``.
+
+    Returns:
+        The runs, method-major, and the decisions to tell the user (e.g. a pinned split seed).
+
+    Raises:
+        ConfigError: An unknown or repeated method or seed, a malformed or sweep-owned override, or a run whose
+            config is invalid (the message names the run).
+    """
+    unknown = [m for m in methods if m not in SWEEP_METHODS]
+    if unknown or not methods or len(set(methods)) < len(methods):
+        raise ConfigError(f"--methods {','.join(methods)}: give distinct methods among {', '.join(SWEEP_METHODS)}")
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--seeds {','.join(map(str, seeds))}: give distinct integer seeds")
+    _check_free_keys(sets, "--set")
+    per_method = _parse_method_sets(method_sets, methods)
+    base = load_config(config, sets)
+    decisions = []
+    shared = list(sets)
+    if _split_follows_seed(config, sets):
+        shared.append(f"data.split_seed={base.seed}")
+        decisions.append(
+            f"data.split_seed is null in {config}: pinned to the base seed {base.seed} for every run, so all "
+            "methods and seeds are tested on one split"
+        )
+    runs = []
+    for method in methods:
+        trained = "full" if method == "scratch" else method
+        fixed = [f"adapter.method={trained}"]
+        if method == "scratch":
+            fixed.append("model.pretrained=false")
+        own_rank = any(text.partition("=")[0].strip() == "adapter.rank" for text in per_method[method])
+        if trained in PEFT_METHODS and trained != base.adapter.method and not own_rank:
+            fixed.append(f"adapter.rank={DEFAULT_RANKS[trained]}")
+        for seed in seeds:
+            output_dir = out / method / f"seed{seed}"
+            overrides = (*shared, *fixed, f"seed={seed}", f"name={method}", f"output_dir={output_dir}")
+            overrides += tuple(per_method[method])
+            try:
+                load_config(config, overrides)
+            except ConfigError as err:
+                raise ConfigError(f"run {method} seed {seed}: {err}") from None
+            runs.append(SweepRun(method=method, seed=seed, output_dir=output_dir, overrides=overrides))
+    return runs, decisions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser of ``scripts/sweep.py``."""
+    parser = argparse.ArgumentParser(
+        prog="sweep.py",
+        description=(
+            "Train every method x seed combination of a base config (each a scripts/train.py subprocess, skipped "
+            "when already finished), then write the comparison (scripts/compare.py) to <out>/comparison/. Exits "
+            "with status 1 if a run failed, 2 on invalid arguments or configs (before any run starts)."
+        ),
+    )
+    parser.add_argument("--config", required=True, metavar="FILE", help="base YAML config (see configs/)")
+    parser.add_argument(
+        "--methods",
+        required=True,
+        metavar="M1,M2",
+        help=f"comma-separated methods among {','.join(SWEEP_METHODS)} (scratch: full from random weights)",
+    )
+    parser.add_argument("--seeds", default="0", metavar="S1,S2", help="comma-separated training seeds (default 0)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        metavar="KEY=VALUE",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="config override for every run, as in train.py. Repeatable.",
+    )
+    parser.add_argument(
+        "--method-set",
+        dest="method_sets",
+        metavar="METHOD:KEY=VALUE",
+        nargs="+",
+        action="extend",
+        default=[],
+        help=(
+            "override for one method's runs, e.g. lora:adapter.rank=4 (default ranks: "
+            f"{', '.join(f'{m} {r}' for m, r in DEFAULT_RANKS.items())} unless the base config's method). Repeatable."
+        ),
+    )
+    parser.add_argument("--out", metavar="DIR", help="sweep folder (default runs/sweep/<config stem>)")
+    parser.add_argument("--reference", metavar="NAME", help="reference method of the comparison's Wilcoxon tests")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands, train nothing")
+    return parser
+
+
+def _elapsed(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))
+
+
+def _exit_with_error(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        _exit_with_error(f"--seeds {text}: give comma-separated integers, e.g. 0,1,2")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``sweep.py --config BASE --methods M1,M2 [--seeds S1,S2] [--set ...] [--method-set ...] [--out DIR]
+    [--reference NAME] [--dry-run]``.
+
+    Returns:
+        The exit status: 0 when every run finished (and the comparison was written), 1 when a run failed.
+
+    Raises:
+        SystemExit: With status 2 on invalid arguments or an invalid run config, before any run starts, or when the
+            finished runs cannot be compared.
+    """
+    args = build_parser().parse_args(argv)
+    stem = Path(args.config).stem
+    out = Path(args.out) if args.out else Path("runs") / "sweep" / stem
+    methods = [m.strip() for m in args.methods.split(",")]
+    try:
+        runs, decisions = plan_sweep(args.config, methods, _parse_seeds(args.seeds), args.sets, args.method_sets, out)
+    except ConfigError as err:
+        _exit_with_error(str(err))
+
+    done = [run.is_done() for run in runs]
+    n_seeds = len(runs) // len(methods)
+    print(
+        f"sweep {stem}: {len(runs)} runs ({len(methods)} methods x {n_seeds} seed{'s' * (n_seeds > 1)}), {sum(done)} to skip (done), "
+        f"{len(runs) - sum(done)} to train -> {out}"
+    )
+    for decision in decisions:
+        print(f"note: {decision}")
+    if args.dry_run:
+        for i, (run, skip) in enumerate(zip(runs, done), start=1):
+            print(f"[{i}/{len(runs)}] {run.method} seed {run.seed}: {'skip (done)' if skip else 'train'}")
+            if not skip:
+                print(f"  {shlex.join(run.command(args.config))}")
+        return 0
+
+    start = time.monotonic()
+    failed = []
+    for i, (run, skip) in enumerate(zip(runs, done), start=1):
+        head = f"[{i}/{len(runs)}] {run.method} seed {run.seed}"
+        if skip:
+            print(f"{head}: skip (done)", flush=True)
+            continue
+        print(f"{head}: training -> {run.output_dir}", flush=True)
+        run_start = time.monotonic()
+        status = subprocess.run(run.command(args.config), check=False).returncode
+        if status != 0:
+            result = f"FAILED (exit status {status})"
+        elif not run.is_done():
+            result = "FAILED (no metrics.json written)"
+        else:
+            result = "done"
+        if result != "done":
+            failed.append(f"{run.method} seed {run.seed}")
+        took, total = _elapsed(time.monotonic() - run_start), _elapsed(time.monotonic() - start)
+        print(f"{head}: {result} in {took} (sweep elapsed {total})", flush=True)
+
+    if failed:
+        print(f"sweep: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)}", file=sys.stderr)
+    try:
+        comparison = compare([out], out / "comparison", reference=args.reference, title=stem)
+    except ComparisonError as err:
+        _exit_with_error(f"comparison: {err}")
+    print(render_markdown(comparison, title=stem), end="")
+    print(f"\ncomparison written to {out / 'comparison'}")
+    return 1 if failed else 0
