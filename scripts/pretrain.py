@@ -28,8 +28,9 @@ if str(_REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from medpeft.evaluation.checkpoint import find_run_checkpoint, load_network_state  # noqa: E402
 from medpeft.io import atomic_output  # noqa: E402
-from medpeft.models.pretrained import encoder_state_dict_for_timm  # noqa: E402
+from medpeft.models.pretrained import DECODER_PREFIX, encoder_state_dict_for_timm  # noqa: E402
 from medpeft.training.config import load_config  # noqa: E402
 from medpeft.training.run import main as train_main  # noqa: E402
 from medpeft.training.network import segmenter_from_config  # noqa: E402
@@ -37,16 +38,20 @@ from medpeft.training.network import segmenter_from_config  # noqa: E402
 __all__ = ["export_encoder", "main"]
 
 
-def export_encoder(run_dir: Path, out: Path) -> str:
-    """Write the encoder of ``run_dir``'s best checkpoint to ``out`` (float16 safetensors); return its SHA-256."""
+def export_encoder(run_dir: Path, out: Path, with_decoder: bool = False) -> str:
+    """Write the encoder of ``run_dir``'s best checkpoint to ``out`` (float16 safetensors); return its SHA-256.
+
+    With ``with_decoder`` the decoder's tensors are added as ``decoder.<name>``, so ``model.pretrained: <out>``
+    initialises the whole network of a target task (its head too when the class count matches).
+    """
     cfg = load_config(run_dir / "config.yaml")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     net = segmenter_from_config(cfg, pretrained=False)  # the checkpoint below holds every weight
-    checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
-    state = {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items()}
-    net.load_state_dict(state)
-    encoder_state = encoder_state_dict_for_timm(net.encoder)
-    tensors = {key: value.detach().to(torch.float16).contiguous() for key, value in encoder_state.items()}
+    load_network_state(net, find_run_checkpoint(run_dir))
+    state = dict(encoder_state_dict_for_timm(net.encoder))
+    if with_decoder:
+        state.update({f"{DECODER_PREFIX}{key}": value for key, value in net.decoder.state_dict().items()})
+    tensors = {key: value.detach().to(torch.float16).contiguous() for key, value in state.items()}
     # One header key holding sorted JSON: safetensors stores header metadata in a hash map, so several keys would
     # come out in a different order from run to run and break the byte-for-byte reproducibility of the file.
     facts = {
@@ -56,6 +61,8 @@ def export_encoder(run_dir: Path, out: Path) -> str:
         "source_test_dice": round(metrics["dice"], 4),
         "made_by": "python scripts/pretrain.py",
     }
+    if with_decoder:
+        facts["with_decoder"] = True
     header = {"medpeft": json.dumps(facts, sort_keys=True)}
     with atomic_output(out) as temporary:
         save_file(tensors, str(temporary), metadata=header)
@@ -67,10 +74,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--config", default="configs/demo_pretrain.yaml", metavar="FILE")
     parser.add_argument("--out", default="checkpoints/demo_source_vit_tiny.safetensors", type=Path, metavar="FILE")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--with-decoder", action="store_true", help="also export the decoder (as decoder.*): a whole source network"
+    )
     args = parser.parse_args(argv)
     train_args = ["--config", args.config] + (["--set", *args.overrides] if args.overrides else [])
     run_dir = train_main(train_args)
-    digest = export_encoder(run_dir, args.out)
+    digest = export_encoder(run_dir, args.out, with_decoder=args.with_decoder)
     size_mb = args.out.stat().st_size / 2**20
     print(f"encoder written to {args.out} ({size_mb:.1f} MiB, sha256 {digest})")
     return args.out

@@ -5,7 +5,12 @@ from __future__ import annotations
 from medpeft.models.complexity import count_parameters, measure_gflops
 from medpeft.models.decoders import UNetDecoder, UNETRDecoder
 from medpeft.models.encoder import TimmEncoder
-from medpeft.models.pretrained import PretrainedWeightsError, encoder_state_dict_for_timm, load_pretrained_encoder
+from medpeft.models.pretrained import (
+    PretrainedWeightsError,
+    encoder_state_dict_for_timm,
+    load_pretrained_decoder,
+    load_pretrained_encoder,
+)
 from medpeft.models.segmenter import Segmenter, build_segmenter
 
 __all__ = [
@@ -17,6 +22,7 @@ __all__ = [
     "build_segmenter",
     "count_parameters",
     "encoder_state_dict_for_timm",
+    "load_pretrained_decoder",
     "load_pretrained_encoder",
     "measure_gflops",
 ]

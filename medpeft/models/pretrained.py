@@ -23,6 +23,11 @@ connection within a few seconds, or ``HF_HUB_OFFLINE=1``) only the local hub cac
 quick and ends in one :class:`PretrainedWeightsError` line that names the weights and the config fix.
 
 Loading is non-strict: the returned report lists what was loaded and what is missing or unexpected.
+
+A file may also carry a whole pre-trained network: tensors named ``decoder.<name>`` (as in ``Segmenter.decoder``,
+written by ``scripts/pretrain.py --with-decoder``) are left out of the encoder's load and go to
+:func:`load_pretrained_decoder`, which copies every decoder tensor whose shape fits and skips the rest (typically
+the 1x1 head when the target task has another number of classes), reporting both.
 """
 
 from __future__ import annotations
@@ -44,9 +49,16 @@ from torch import nn
 
 from medpeft.models.encoder import TimmEncoder
 
-__all__ = ["PretrainedWeightsError", "encoder_state_dict_for_timm", "load_pretrained_encoder"]
+__all__ = [
+    "DECODER_PREFIX",
+    "PretrainedWeightsError",
+    "encoder_state_dict_for_timm",
+    "load_pretrained_decoder",
+    "load_pretrained_encoder",
+]
 
 _logger = logging.getLogger(__name__)
+DECODER_PREFIX = "decoder."
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 _PROBE_TIMEOUT_S = 3.0
@@ -180,7 +192,7 @@ def _file_state_dict(encoder: TimmEncoder, path: Path) -> tuple[dict[str, torch.
     Returns:
         The adapted state dict (plain timm names), the plain model's key set, and a description of the source.
     """
-    state_dict = _read_file(path)
+    state_dict = {key: value for key, value in _read_file(path).items() if not key.startswith(DECODER_PREFIX)}
     plain = _plain_model(encoder)
     filter_fn = _filter_fn(plain)
     try:
@@ -259,6 +271,34 @@ def load_pretrained_encoder(encoder: TimmEncoder, pretrained: bool | str | Path)
     else:
         state_dict, plain_keys, source = _file_state_dict(encoder, Path(pretrained).expanduser())
     return _load_into(encoder, state_dict, plain_keys, source)
+
+
+def load_pretrained_decoder(decoder: nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Copy the ``decoder.*`` tensors of a pre-trained network file into ``decoder`` where the shapes fit.
+
+    Args:
+        decoder: ``Segmenter.decoder`` of the network being built.
+        path: A file as accepted by :func:`load_pretrained_encoder`; a file without ``decoder.*`` tensors (an
+            encoder-only file) changes nothing.
+
+    Returns:
+        ``loaded`` (decoder tensor names copied) and ``skipped`` (names present in both with another shape, e.g.
+        the head of a task with another class count; they keep their fresh init).
+    """
+    state = {
+        key.removeprefix(DECODER_PREFIX): value
+        for key, value in _read_file(Path(path).expanduser()).items()
+        if key.startswith(DECODER_PREFIX)
+    }
+    own = decoder.state_dict()
+    fits = {key: value for key, value in state.items() if key in own and value.shape == own[key].shape}
+    report = {"loaded": sorted(fits), "skipped": sorted(key for key in state if key in own and key not in fits)}
+    if fits:
+        decoder.load_state_dict(fits, strict=False)
+        _logger.info("Loaded %d pretrained decoder tensors from %s.", len(fits), path)
+    if report["skipped"]:
+        _logger.warning("Pretrained decoder tensors with other shapes kept at init: %s", ", ".join(report["skipped"]))
+    return report
 
 
 def encoder_state_dict_for_timm(encoder: TimmEncoder) -> dict[str, torch.Tensor]:

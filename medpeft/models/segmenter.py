@@ -16,7 +16,7 @@ from torch import nn
 
 from medpeft.models.decoders import DEFAULT_UNET_CHANNELS, DEFAULT_UNETR_CHANNELS, UNetDecoder, UNETRDecoder
 from medpeft.models.encoder import TimmEncoder
-from medpeft.models.pretrained import load_pretrained_encoder
+from medpeft.models.pretrained import load_pretrained_decoder, load_pretrained_encoder
 
 __all__ = ["DECODERS", "Segmenter", "build_segmenter"]
 
@@ -74,7 +74,9 @@ def build_segmenter(
     Args:
         encoder: timm model name (``vit_*``, ``swin_*`` or ``resnet*``).
         pretrained: ``False`` for random init, ``True`` for timm's hub weights, or a path to a timm-compatible
-            ``.safetensors``/``.pth`` file (see :func:`~medpeft.models.pretrained.load_pretrained_encoder`).
+            ``.safetensors``/``.pth`` file (see :func:`~medpeft.models.pretrained.load_pretrained_encoder`); its
+            ``decoder.*`` tensors, if any, initialise the decoder where shapes fit
+            (:func:`~medpeft.models.pretrained.load_pretrained_decoder`).
         decoder: ``"unetr"``, ``"unet"``, or ``"auto"`` (UNETR for ViT, U-Net for Swin and ResNet).
         in_channels: Image channels.
         num_classes: Output classes (background included).
@@ -114,4 +116,6 @@ def build_segmenter(
                 "Use decoder='unetr'."
             )
         dec = UNetDecoder(enc.out_channels, enc.reductions, num_classes, decoder_channels or DEFAULT_UNET_CHANNELS)
+    if not isinstance(pretrained, bool):
+        load_pretrained_decoder(dec, pretrained)  # a whole pre-trained network's file also initialises the decoder
     return Segmenter(enc, dec)

@@ -184,3 +184,25 @@ def test_export_round_trips_through_medpeft_and_plain_timm(tmp_path):
     plain_state = plain.state_dict()
     for key, value in exported.items():
         torch.testing.assert_close(plain_state[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_whole_network_file_initialises_decoder_except_a_head_of_another_shape(tmp_path, caplog):
+    from medpeft.models import build_segmenter
+
+    source = build_segmenter("resnet18", num_classes=4, in_channels=1, img_size=64)
+    state = dict(encoder_state_dict_for_timm(source.encoder))
+    state.update({f"decoder.{key}": value for key, value in source.decoder.state_dict().items()})
+    path = tmp_path / "network.safetensors"
+    save_file({key: value.contiguous() for key, value in state.items()}, str(path))
+
+    with caplog.at_level("WARNING"):
+        target = build_segmenter("resnet18", pretrained=str(path), num_classes=2, in_channels=1, img_size=64)
+    assert "unexpected" not in caplog.text  # decoder.* tensors are not reported as unknown encoder keys
+    for key, value in target.decoder.state_dict().items():
+        if key.startswith("head."):  # 4 classes in the file, 2 here: the head keeps its fresh init
+            assert value.shape != source.decoder.state_dict()[key].shape
+        else:
+            assert torch.equal(value, source.decoder.state_dict()[key]), key
+    for key, value in target.encoder.state_dict().items():
+        assert torch.equal(value, source.encoder.state_dict()[key]), key
+    assert "head.weight" in caplog.text  # the skipped tensors are named
