@@ -29,8 +29,8 @@ Decisions:
   split when present, so raw data gives the published protocol's test set; otherwise, and for the remaining cases,
   the split is case-level and seeded. Case ids are ``case<NNNN>`` in both layouts; slices ``case0005_slice012``.
 * TransUNet files are already in [0, 1] (values outside raise); no further normalisation.
-* Spacing: TransUNet's npz / h5 files carry none, so their volumes report ``spacing = (1, 1, 1)`` unless the
-  ``spacing`` option gives one: HD95 is then in voxels, which is also how TransUNet's own evaluation (medpy
+* Spacing: TransUNet's npz / h5 files carry none, so their volumes report ``spacing = (1, 1, 1)`` and
+  ``spacing_unit = "voxel"`` unless the ``spacing`` option gives one: HD95 is then in voxels, which is also how TransUNet's own evaluation (medpy
   ``hd95`` without voxel spacing) computed the published numbers. Raw BTCV volumes report the header's spacing in
   mm (``spacing`` overrides it), so their HD95 is not comparable with TransUNet's tables.
 """
@@ -107,7 +107,6 @@ _BTCV_IMAGE_RE = re.compile(r"^img(\d+)\.nii(?:\.gz)?$")
 _BTCV_LABEL_RE = re.compile(r"^label(\d+)\.nii(?:\.gz)?$")
 _SEARCH_DEPTH = 3
 _DATA_FOLDERS = frozenset({"train_npz", "test_vol_h5", "img", "label"})
-_UNKNOWN_SPACING = (1.0, 1.0, 1.0)
 
 
 def _not_found(problem: str) -> DatasetNotFoundError:
@@ -177,7 +176,7 @@ def _read_npz_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
-def _load_npz_case(paths: Sequence[Path], name: str, spacing: tuple[float, float, float]) -> dict[str, Any]:
+def _load_npz_case(paths: Sequence[Path], name: str, spacing: tuple[float, float, float] | None) -> dict[str, Any]:
     """Stack the TransUNet training slices of one case into a volume (module-level: pickles into workers)."""
     images, labels = [], []
     for path in paths:
@@ -202,7 +201,7 @@ def _h5_shape(path: Path) -> tuple[int, ...]:
     return shapes["image"]
 
 
-def _load_h5_case(path: Path, name: str, spacing: tuple[float, float, float]) -> dict[str, Any]:
+def _load_h5_case(path: Path, name: str, spacing: tuple[float, float, float] | None) -> dict[str, Any]:
     """Read one TransUNet test volume ``[D, H, W]`` (module-level: pickles into workers)."""
     try:
         with h5py.File(path, "r") as f:
@@ -228,7 +227,7 @@ def _load_btcv_case(
 # ------------------------------------------------------------------------------------------------------- listing
 
 
-def _transunet_cases(base: Path, lists: Path | None, spacing: tuple[float, float, float]) -> list[VolumeCase]:
+def _transunet_cases(base: Path, lists: Path | None, spacing: tuple[float, float, float] | None) -> list[VolumeCase]:
     train_dir, test_dir = base / "train_npz", base / "test_vol_h5"
     slices: dict[str, dict[int, Path]] = {}
     if train_dir.is_dir():
@@ -331,7 +330,7 @@ def list_synapse_volumes(root: str | os.PathLike[str], spacing: Sequence[float] 
     )
     if base is not None:
         lists = _one([f for f in folders if f.name == "lists_Synapse"], "lists_Synapse folders", root)
-        cases = _transunet_cases(base, lists, override or _UNKNOWN_SPACING)
+        cases = _transunet_cases(base, lists, override)
     else:
         base = _one(
             [f for f in folders if (f / "img").is_dir() and (f / "label").is_dir()], "BTCV img/ + label/ folders", root

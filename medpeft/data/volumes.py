@@ -8,8 +8,8 @@ a picklable loader) by reading headers only. From that list this module builds
   "label": int64 [1, S, S], "name": "<volume>_z03"}``, exactly like the 2D datasets, so the DataModule, the model
   and the training loop need nothing 3D-specific;
 * the **volume datasets** used for evaluation (:class:`VolumeDataset`): a sequence of ``{"image": float32
-  [D, H, W] in [0, 1], "label": int64 [D, H, W], "spacing": (sz, sy, sx) in mm, "name": str}`` at native in-plane
-  resolution. :func:`build_volume_dataset` asks any registered 3D dataset for one split of them
+  [D, H, W] in [0, 1], "label": int64 [D, H, W], "spacing": (sz, sy, sx), "spacing_unit": "mm" or "voxel",
+  "name": str}`` at native in-plane resolution (see :func:`volume_record`). :func:`build_volume_dataset` asks any registered 3D dataset for one split of them
   (:data:`VOLUME_DATASETS`, filled by :func:`register_volume_dataset`).
 
 Decisions:
@@ -109,24 +109,26 @@ class VolumeCase:
         return len(self.slice_names)
 
 
-def volume_record(image: np.ndarray, label: np.ndarray, spacing: Sequence[float], name: str) -> dict[str, Any]:
+def volume_record(image: np.ndarray, label: np.ndarray, spacing: Sequence[float] | None, name: str) -> dict[str, Any]:
     """Package a read volume the way every volume loader returns it.
 
     Args:
         image: Normalised image ``[D, H, W]`` in ``[0, 1]``.
         label: Class ids ``[D, H, W]``.
-        spacing: Voxel size ``(sz, sy, sx)`` in mm (or ``(1, 1, 1)`` when unknown, i.e. distances in voxels).
+        spacing: Voxel size ``(sz, sy, sx)`` in mm, or ``None`` when the file stores none.
         name: Volume id.
 
     Returns:
         ``{"image": float32 tensor [D, H, W], "label": int64 tensor [D, H, W], "spacing": (sz, sy, sx),
-        "name": name}``.
+        "spacing_unit": "mm" | "voxel", "name": name}``; an unknown spacing is reported as ``(1, 1, 1)`` with
+        ``spacing_unit = "voxel"``, so surface distances come out in voxels and say so.
     """
     assert image.shape == label.shape and image.ndim == 3, (image.shape, label.shape)
     return {
         "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
         "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64)),
-        "spacing": tuple(float(s) for s in spacing),
+        "spacing": (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing),
+        "spacing_unit": "voxel" if spacing is None else "mm",
         "name": name,
     }
 

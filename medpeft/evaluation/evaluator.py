@@ -72,7 +72,7 @@ def _builder_options(builder: Any, cfg: Config) -> dict[str, Any]:
 
 def _image_cases(
     net: nn.Module, cfg: Config, root: str | None, split: str, batch_size: int
-) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, None]]:
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, None, str]]:
     dataset = build_dataset(
         cfg.data.dataset,
         root,
@@ -87,17 +87,17 @@ def _image_cases(
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
         preds = predict_images(net, batch["image"].to(device)).cpu()
         for name, image, label, pred in zip(batch["name"], batch["image"], batch["label"], preds):
-            yield name, image, label.reshape(pred.shape), pred, None
+            yield name, image, label.reshape(pred.shape), pred, None, "px"
 
 
 def _volume_cases(
     net: nn.Module, cfg: Config, root: str | None, split: str, batch_size: int
-) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, ...]]]:
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, ...], str]]:
     builder = VOLUME_DATASETS[cfg.data.dataset]
     volumes = build_volume_dataset(cfg.data.dataset, root, split=split, **_builder_options(builder, cfg))
     for volume in volumes:
         pred = predict_volume(net, volume["image"], cfg.data.image_size, cfg.model.in_channels, batch_size)
-        yield volume["name"], volume["image"], volume["label"], pred, tuple(volume["spacing"])
+        yield volume["name"], volume["image"], volume["label"], pred, tuple(volume["spacing"]), volume["spacing_unit"]
 
 
 def _view(image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, is_volume: bool) -> CaseView:
@@ -144,10 +144,10 @@ def evaluate_split(
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
-            for name, image, label, pred, spacing in tqdm(
+            for name, image, label, pred, spacing, spacing_unit in tqdm(
                 cases, desc=f"evaluate {split}", unit="case", disable=not progress, leave=False
             ):
-                unit = distance_unit(protocol, spacing)
+                unit = distance_unit(protocol, spacing, spacing_unit)
                 for row in case_scores(pred, label, info.num_classes, spacing, protocol):
                     c = int(row["class"])
                     class_name = info.class_names[c] if info.class_names else str(c)

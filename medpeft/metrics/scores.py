@@ -76,11 +76,11 @@ DEFINITIONS: dict[str, dict[str, str]] = {
 }
 
 
-def distance_unit(protocol: str, spacing: Sequence[float] | None) -> str:
-    """Unit of HD95/ASD: ``"voxel"`` under ``transunet``; ``"mm"`` with a spacing, else ``"px"``."""
+def distance_unit(protocol: str, spacing: Sequence[float] | None, spacing_unit: str = "mm") -> str:
+    """Unit of HD95/ASD: ``"voxel"`` under ``transunet``; else ``spacing_unit`` with a spacing, ``"px"`` without."""
     if protocol == "transunet":
         return "voxel"
-    return "mm" if spacing is not None else "px"
+    return spacing_unit if spacing is not None else "px"
 
 
 def _directed_distances(

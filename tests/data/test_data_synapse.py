@@ -135,7 +135,7 @@ def test_transunet_items_and_volumes(transunet: tuple[Path, dict]) -> None:
 
     for volume in build_synapse_volumes(root, split="test"):
         image, label = written[volume["name"]]
-        assert volume["spacing"] == (1.0, 1.0, 1.0)  # TransUNet files carry none: HD95 in voxels
+        assert volume["spacing"] == (1.0, 1.0, 1.0) and volume["spacing_unit"] == "voxel"  # TransUNet stores none
         np.testing.assert_array_equal(volume["image"].numpy(), image)  # already [0, 1]: unchanged
         np.testing.assert_array_equal(volume["label"].numpy(), label.astype(np.int64))
     # Training cases can be evaluated as volumes too: their npz slices are stacked in slice order.
