@@ -234,7 +234,7 @@ def collect_metrics(
             **efficiency_figures(net, image_shape, adapter_file if adapter_file.is_file() else None),
             "adapted_modules": n_adapted,
             "image_size": cfg.data.image_size,
-            "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
+            "best_checkpoint": str(Path(best).resolve().relative_to(run_dir.resolve())) if best else None,
             "train_seconds": round(train_seconds, 2),
             "train_images_per_second": throughput.images_per_second,
             "train_peak_memory_mb": throughput.peak_memory_mb,

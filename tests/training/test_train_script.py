@@ -67,11 +67,14 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("demo_tcur.yaml", "tcurlora"),
     ],
 )
-def test_tiny_run_per_mode(train_script, demo_root: Path, tmp_path: Path, config: str, method: str) -> None:
-    overrides = [*TINY, f"data.root={demo_root}", f"output_dir={tmp_path}"]
+def test_tiny_run_per_mode(
+    train_script, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str, method: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative output_dir, as in the shipped configs
+    overrides = [*TINY, f"data.root={demo_root}", "output_dir=runs"]
     run_dir = train_script.main(["--config", str(REPO / "configs" / config), "--set", *overrides])
 
-    assert run_dir.parent == tmp_path / Path(config).stem
+    assert run_dir == Path("runs") / Path(config).stem / run_dir.name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)
     test_cases = json.loads((run_dir / "split.json").read_text())["test"]
