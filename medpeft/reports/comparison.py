@@ -281,8 +281,8 @@ def summarize_runs(runs: Sequence[Run], reference: str | None = None) -> Compari
         n_union = len(summary.case_dice.keys() | ref.case_dice.keys())
         if summary.n_paired < n_union:
             notes.append(
-                f"{summary.name}: test cases differ from {reference}'s; paired on the {summary.n_paired} cases both "
-                f"have (of {n_union})"
+                f"{summary.name}: paired on the {summary.n_paired} test cases where both it and {reference} have a "
+                f"defined Dice (of {n_union}; a case with empty ground truth and empty prediction has none)"
             )
     first = runs[0]
     return Comparison(

@@ -139,7 +139,7 @@ def test_means_stds_and_wilcoxon_known_answers(runs_root: Path, tmp_path: Path) 
     tcur = [(a + b) / 2 for a, b in zip(*TCUR)]
     assert rows["tcurlora"].p_value == pytest.approx(wilcoxon(tcur, full[:5]).pvalue)
     assert rows["tcurlora"].n_paired == 5
-    assert any("tcurlora" in note and "paired on the 5 cases" in note for note in comparison.notes)
+    assert any("tcurlora" in note and "paired on the 5 test cases" in note for note in comparison.notes)
     decoder = [0.85, 0.70, 0.85, 0.80, 0.90, 0.80]
     assert rows["decoder_only"].p_value == pytest.approx(wilcoxon(decoder, full).pvalue)
     assert rows["full"].p_value is None
