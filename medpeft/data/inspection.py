@@ -37,13 +37,14 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from medpeft.cli import exit_with_error
 from medpeft.data.busi import busi_near_duplicate_groups
 from medpeft.data.montage import save_montage
 from medpeft.data.registry import DATASETS, DatasetNotFoundError, build_dataset, dataset_info
@@ -365,18 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> NoReturn:
-    """Report a user error without a traceback (the convention of ``scripts/train.py``)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            _fail(f"--option {pair!r} must look like KEY=VALUE, e.g. include_normal=false")
+            exit_with_error(f"--option {pair!r} must look like KEY=VALUE, e.g. include_normal=false")
         options[key.strip()] = yaml.safe_load(value)
     return options
 
@@ -395,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     args = build_parser().parse_args(argv)
     if args.samples < 0 or args.image_size < 1:
-        _fail(f"need --samples >= 0 and --image-size >= 1, got {args.samples} and {args.image_size}")
+        exit_with_error(f"need --samples >= 0 and --image-size >= 1, got {args.samples} and {args.image_size}")
     options = _parse_options(args.options)
     try:
         report, samples = inspect_dataset(
@@ -410,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             progress=True,
         )
     except (DatasetNotFoundError, ValueError) as err:  # missing data, unknown dataset / option, bad file
-        _fail(str(err))
+        exit_with_error(str(err))
     out = Path(args.out) if args.out else Path("runs") / "inspect" / args.dataset
     sizes = ", ".join(f"{split} {report['counts'][split]}" for split in SPLIT_NAMES)
     title = f"{args.dataset}: {sizes} {report['unit']}"

@@ -9,12 +9,12 @@ same numbers, and evaluating a run directory reproduces the test metrics ``scrip
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 
+from medpeft.cli import exit_with_error
 from medpeft.data import DatasetNotFoundError
 from medpeft.evaluation.checkpoint import find_run_checkpoint, load_trained_network
 from medpeft.evaluation.evaluator import evaluate_split
@@ -59,29 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_with_error(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _resolve(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     """Return (checkpoint, config file, default output folder)."""
     if args.run is not None:
         run = Path(args.run)
         if not (run / "config.yaml").is_file():
-            _exit_with_error(f"{run}: not a run directory of scripts/train.py (no config.yaml)")
+            exit_with_error(f"{run}: not a run directory of scripts/train.py (no config.yaml)")
         try:
             checkpoint = find_run_checkpoint(run)
         except FileNotFoundError as err:
-            _exit_with_error(str(err))
+            exit_with_error(str(err))
         return checkpoint, Path(args.config or run / "config.yaml"), run / "eval"
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
-        _exit_with_error(f"checkpoint {checkpoint} does not exist")
+        exit_with_error(f"checkpoint {checkpoint} does not exist")
     run = checkpoint.resolve().parent.parent  # <run>/checkpoints/<file>
     config = Path(args.config) if args.config else run / "config.yaml"
     if not config.is_file():
-        _exit_with_error(f"no config for {checkpoint}: {config} does not exist; pass --config FILE")
+        exit_with_error(f"no config for {checkpoint}: {config} does not exist; pass --config FILE")
     out = run / "eval" if (run / "config.yaml").is_file() else Path("runs") / "eval" / checkpoint.stem
     return checkpoint, config, out
 
@@ -97,19 +92,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         cfg = load_config(config_file)
     except ConfigError as err:
-        _exit_with_error(str(err))
+        exit_with_error(str(err))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         net = load_trained_network(cfg, checkpoint).to(device)
     except PretrainedWeightsError as err:
-        _exit_with_error(str(err))
+        exit_with_error(str(err))
     except RuntimeError as err:  # load_state_dict: missing / unexpected keys or shapes
-        _exit_with_error(f"{checkpoint} does not fit the network of {config_file}: {str(err).splitlines()[0]}")
+        exit_with_error(f"{checkpoint} does not fit the network of {config_file}: {str(err).splitlines()[0]}")
     try:
         result = evaluate_split(net, cfg, args.split, args.protocol, args.data_root, args.batch_size)
     except DatasetNotFoundError as err:
-        _exit_with_error(str(err))
+        exit_with_error(str(err))
     out = Path(args.out) if args.out else default_out / f"{args.split}-{args.protocol}"
     write_evaluation(result, out, cfg.model.num_classes, overlays=not args.no_overlays)
 

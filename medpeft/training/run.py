@@ -27,11 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -40,6 +39,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
 from medpeft.adapters import save_adapter
+from medpeft.cli import exit_with_error
 from medpeft.data import DatasetNotFoundError, SegmentationDataModule
 from medpeft.evaluation.checkpoint import load_network_state
 from medpeft.evaluation.evaluator import evaluate_split
@@ -91,13 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     return parser
-
-
-def _exit_with_error(message: str) -> NoReturn:
-    """Report a user error without a traceback. Config errors are one line; data and weight errors may add hint
-    lines (expected layout, where to download) after their first line, which names what is missing."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def make_run_dir(output_dir: str | os.PathLike[str], name: str) -> Path:
@@ -157,16 +150,16 @@ def _build_datamodule(cfg: Config) -> SegmentationDataModule:
             **data.options,
         )
     except (TypeError, ValueError) as err:  # unregistered dataset, or a data.options key it does not take
-        _exit_with_error(f"invalid 'data' section: {err}")
+        exit_with_error(f"invalid 'data' section: {err}")
     try:
         datamodule.prepare_data()
         datamodule.setup("fit")
     except DatasetNotFoundError as err:
-        _exit_with_error(str(err))
+        exit_with_error(str(err))
     for key, found in (("num_classes", datamodule.num_classes), ("in_channels", datamodule.in_channels)):
         configured = getattr(cfg.model, key)
         if found != configured:
-            _exit_with_error(
+            exit_with_error(
                 f"'model.{key}' is {configured} but dataset '{data.dataset}' has {found}; set model.{key}: {found}"
             )
     return datamodule
@@ -257,27 +250,27 @@ def main(argv: list[str] | None = None) -> Path:
 
     Raises:
         SystemExit: With status 2 on bad command-line arguments and on a config, dataset, pretrained-weights,
-            model or adapter-target error, reported on stderr without a traceback (see :func:`_exit_with_error`);
+            model or adapter-target error, reported on stderr without a traceback (see :func:`medpeft.cli.exit_with_error`);
             the run directory is created only after these checks pass.
     """
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
-        _exit_with_error(str(err))
+        exit_with_error(str(err))
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = _build_datamodule(cfg)
     try:
         net = segmenter_from_config(cfg)
     except PretrainedWeightsError as err:
-        _exit_with_error(str(err))
+        exit_with_error(str(err))
     except ValueError as err:  # unknown decoder or encoder family, or a decoder that does not fit the encoder
-        _exit_with_error(f"invalid 'model' section: {err}")
+        exit_with_error(f"invalid 'model' section: {err}")
     try:
         adapted = apply_finetuning(net, cfg.adapter)
     except ValueError as err:
-        _exit_with_error(f"adapter '{cfg.adapter.method}' does not fit encoder '{cfg.model.encoder}': {err}")
+        exit_with_error(f"adapter '{cfg.adapter.method}' does not fit encoder '{cfg.model.encoder}': {err}")
 
     run_dir = make_run_dir(cfg.output_dir, Path(args.config).stem)
     print(f"run directory: {run_dir}")

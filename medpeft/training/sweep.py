@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import NoReturn
 
+from medpeft.cli import exit_with_error
 from medpeft.reports.compare import compare
 from medpeft.reports.runs import ComparisonError
 from medpeft.reports.tables import render_markdown
@@ -214,16 +214,11 @@ def _elapsed(seconds: float) -> str:
     return str(timedelta(seconds=round(seconds)))
 
 
-def _exit_with_error(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _parse_seeds(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",")]
     except ValueError:
-        _exit_with_error(f"--seeds {text}: give comma-separated integers, e.g. 0,1,2")
+        exit_with_error(f"--seeds {text}: give comma-separated integers, e.g. 0,1,2")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs, decisions = plan_sweep(args.config, methods, _parse_seeds(args.seeds), args.sets, args.method_sets, out)
     except ConfigError as err:
-        _exit_with_error(str(err))
+        exit_with_error(str(err))
 
     done = [run.is_done() for run in runs]
     n_seeds = len(runs) // len(methods)
@@ -287,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         comparison = compare([out], out / "comparison", reference=args.reference, title=stem)
     except ComparisonError as err:
-        _exit_with_error(f"comparison: {err}")
+        exit_with_error(f"comparison: {err}")
     print(render_markdown(comparison, title=stem), end="")
     print(f"\ncomparison written to {out / 'comparison'}")
     return 1 if failed else 0
