@@ -356,7 +356,7 @@ def tcur_low_rank_factors(group: TCURGroup) -> tuple[torch.Tensor, torch.Tensor]
     n3, n1, n2 = group.n3, group.n1, group.n2
     freqs, rank = group.cur_C.shape[0], group.rank
     device = group.cur_C.device
-    dU = torch.view_as_complex(group.tcur_dU)  # [F, r, r]
+    dU = group.complex_dU()  # [F, r, r]
     CdU = group.cur_C @ dU  # [F, n1, r] @ [F, r, r] -> [F, n1, r]
     f = torch.arange(freqs, device=device)
     m = torch.arange(n3, device=device)
@@ -418,7 +418,8 @@ def benchmark_tcurlora(settings: Settings) -> list[dict[str, Any]]:
             factored = torch.stack([F.linear(F.linear(x, right), left[m]) for m in range(n3)])
             diff = assert_close(factored, dense, f"tCURLoRA {group_name}: low-rank vs materialised delta x")
         strategies = {"materialised": materialised, "materialised+unbind": materialised_unbind, "low-rank": low_rank}
-        times = {name: time_strategy(fn, [group.tcur_dU, x], device, settings) for name, fn in strategies.items()}
+        leaves = [*group.parameters(), x]
+        times = {name: time_strategy(fn, leaves, device, settings) for name, fn in strategies.items()}
         inner = right.shape[0]
         macs = tcur_train_macs(settings.batch_size * tokens, n3, n1, n2, inner)
         rows.append({

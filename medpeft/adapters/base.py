@@ -4,6 +4,15 @@ An adapter wraps a frozen ``nn.Linear`` or ``nn.Conv2d`` (kept as ``.base_layer`
 ``delta_weight()`` of exactly the base weight's shape, so that ``merge()`` can fold it into the plain
 layer (zero inference overhead) and ``unmerge()`` can take it out again. The layout follows peft's
 ``LycorisLayer`` trimmed to a single adapter per layer (see ../shared/STYLE.md, section 2 of "adopt").
+
+Subclasses of ``nn.Linear``/``nn.Conv2d`` with their own ``forward`` (timm's ``StdConv2d``, which standardises
+its weight inside ``forward``) are run through that ``forward`` with the substituted weight
+(``torch.func.functional_call``), so the adapted layer computes ``layer(x; W0 + delta)``, exactly what
+``merge()`` produces. Parents that read ``.weight`` and call ``F.linear`` themselves (timm's Eva, BEiT and
+Swin-V2 attention with separate q/v biases) see the effective weight through :attr:`AdapterLayer.weight`.
+
+Deltas are built in float32 with autocast off (:func:`full_precision`): in half precision TRM's ``T - I``
+has percent-level relative error and is not even exactly zero at init.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ __all__ = [
     "ADAPTERS",
     "AdapterLayer",
     "AdapterMethod",
+    "full_precision",
     "get_adapter_method",
     "register_adapter",
     "replace_module",
@@ -31,11 +41,17 @@ def supported_base_layer(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, nn.Conv2d)) and not isinstance(module, AdapterLayer)
 
 
+def full_precision(device: torch.device) -> torch.autocast:
+    """A context with autocast off on ``device``, for building adapter deltas from float32 operands."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 class AdapterLayer(nn.Module):
     """A frozen base layer plus a trainable additive weight delta.
 
     Subclasses implement :meth:`compute_delta_weight`; they may override :meth:`forward` with a cheaper
-    factorised path as long as it computes ``layer(x; W0 + delta)``.
+    factorised path as long as it computes ``layer(x; W0 + delta)`` (which rules it out when
+    :attr:`plain_base_layer` is false: a subclass's ``forward`` need not be linear in the weight).
 
     Args:
         base_layer: the pre-trained ``nn.Linear`` (weight ``[out, in]``) or ``nn.Conv2d`` (weight
@@ -59,6 +75,11 @@ class AdapterLayer(nn.Module):
         return isinstance(self.base_layer, nn.Conv2d)
 
     @property
+    def plain_base_layer(self) -> bool:
+        """Whether the base layer runs ``nn.Linear``/``nn.Conv2d``'s forward (its class does not override it)."""
+        return type(self.base_layer).forward in (nn.Linear.forward, nn.Conv2d.forward)
+
+    @property
     def in_features(self) -> int:
         """Input features (Linear) or input channels (Conv2d)."""
         return self.base_layer.in_features if not self.is_conv else self.base_layer.in_channels
@@ -74,7 +95,10 @@ class AdapterLayer(nn.Module):
         return self.base_layer.weight[0].numel()
 
     def compute_delta_weight(self) -> torch.Tensor:
-        """The current delta, shaped like ``base_layer.weight``; valid while unmerged."""
+        """The current delta, shaped like ``base_layer.weight`` and of its dtype; valid while unmerged.
+
+        Implementations build it in float32 under :func:`full_precision` and cast the result.
+        """
         raise NotImplementedError
 
     def delta_weight(self) -> torch.Tensor:
@@ -83,8 +107,26 @@ class AdapterLayer(nn.Module):
             return self.merged_delta
         return self.compute_delta_weight()
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight ``W0 + delta`` (``W0`` itself once merged), shaped like ``base_layer.weight``.
+
+        For parents that call ``F.linear(x, self.qkv.weight, qkv_bias)`` themselves (timm's Eva, BEiT and
+        Swin-V2 attention with separate q/v biases): they then compute with the adapted weight too. LoRA's
+        dropout is not applied on that path.
+        """
+        if self.merged:
+            return self.base_layer.weight
+        return self.base_layer.weight + self.compute_delta_weight()
+
     def layer_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Run the base layer's operation (bias, stride, padding included) with another weight."""
+        """Run the base layer's operation (bias, stride, padding included) with another weight.
+
+        A subclass with its own ``forward`` (timm's ``StdConv2d`` standardises the weight there) runs that
+        ``forward`` with ``weight`` substituted, so that it sees exactly what :meth:`merge` would write.
+        """
+        if not self.plain_base_layer:
+            return torch.func.functional_call(self.base_layer, {"weight": weight}, (x,))
         if self.is_conv:
             return self.base_layer._conv_forward(x, weight, self.base_layer.bias)
         return F.linear(x, weight, self.base_layer.bias)
@@ -92,9 +134,8 @@ class AdapterLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base_layer(x)
-        weight = self.base_layer.weight
         # One matmul/conv with the effective weight: cheaper than base(x) + delta(x) for dense deltas.
-        return self.layer_forward(x, weight + self.compute_delta_weight().to(weight.dtype))
+        return self.layer_forward(x, self.weight)
 
     @torch.no_grad()
     def merge(self, safe: bool = False) -> None:
@@ -106,7 +147,7 @@ class AdapterLayer(nn.Module):
         if self.merged:
             return
         weight = self.base_layer.weight
-        delta = self.compute_delta_weight().detach().to(weight.dtype)
+        delta = self.compute_delta_weight().detach()
         if safe and not torch.isfinite(weight + delta).all():
             raise ValueError("NaN or inf in the merged weight; the adapter is broken, refusing to merge")
         weight.add_(delta)

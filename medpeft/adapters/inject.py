@@ -43,10 +43,15 @@ __all__ = [
 
 ADAPTER_RECORD_ATTRIBUTE = "medpeft_adapter_record"
 
+# Transformer presets name the layers of residual blocks ``[<prefix>.]blocks.<k>``: ViT ``blocks.3.mlp.fc1``,
+# Swin ``layers.0.blocks.1.mlp.fc1``, features_only ``model.blocks.3.mlp.fc1``. A glob ``*mlp.fc1`` would also
+# catch MLPs that are not the block's: the relative-position MLP inside attention (``vit_relpos_*``:
+# ``blocks.0.attn.rel_pos.mlp.fc1``) and the attention-pooling head (``attn_pool.mlp.fc1``).
+_BLOCK_LAYER = r"re:(.*\.)?blocks\.\d+\."
 PRESETS: dict[str, tuple[str, ...]] = {
-    "attn": ("*attn.qkv", "*attn.proj"),  # ViT and Swin attention: fused qkv and output projection
-    "qkv": ("*attn.qkv",),
-    "mlp": ("*mlp.fc1", "*mlp.fc2"),  # ViT and Swin MLPs
+    "attn": (_BLOCK_LAYER + r"attn\.qkv", _BLOCK_LAYER + r"attn\.proj"),  # fused qkv and output projection
+    "qkv": (_BLOCK_LAYER + r"attn\.qkv",),
+    "mlp": (_BLOCK_LAYER + r"mlp\.fc1", _BLOCK_LAYER + r"mlp\.fc2"),  # ViT and Swin block MLPs
     "conv": ("*layer[1-4].*.conv[1-3]",),  # ResNet: the convolutions inside residual blocks
     "all-linear": ("<all-linear>",),  # every nn.Linear except a classifier head
     "all-conv": ("<all-conv>",),  # every nn.Conv2d

@@ -4,6 +4,9 @@
 ``B: [out, r]`` zeros, so the layer equals the base layer at initialisation. For ``nn.Conv2d``, ``A`` is a
 ``kh x kw`` convolution ``in -> r`` with the base layer's stride/padding/dilation and ``B`` a ``1 x 1``
 convolution ``r -> out`` (the same construction as Hugging Face ``peft``, which the tests use as oracle).
+A base layer that is a subclass with its own ``forward`` (timm's weight-standardising ``StdConv2d``) is not
+linear in its weight, so ``base(x) + B A x`` would differ from the merged layer: there the forward uses the
+effective weight ``W0 + (alpha / r) B A`` instead, and dropout is refused.
 Trainable numbers: ``r * (in + out)`` (Conv2d: ``r * (in * kh * kw + out)``).
 """
 
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from medpeft.adapters.base import AdapterLayer, register_adapter, replace_module
+from medpeft.adapters.base import AdapterLayer, full_precision, register_adapter, replace_module
 
 __all__ = ["LoRAConfig", "LoRALayer"]
 
@@ -54,6 +57,11 @@ class LoRALayer(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module, config: LoRAConfig) -> None:
         super().__init__(base_layer)
+        if config.dropout > 0 and not self.plain_base_layer:
+            raise ValueError(
+                f"LoRA dropout {config.dropout} needs the factorised path base(x) + B A x, which does not compute "
+                f"{type(base_layer).__name__}.forward(x; W0 + B A); use dropout=0 for this layer type"
+            )
         r = config.rank
         self.scaling = config.alpha / r
         if self.is_conv:
@@ -74,12 +82,17 @@ class LoRALayer(AdapterLayer):
 
     def compute_delta_weight(self) -> torch.Tensor:
         a, b = self.lora_A.weight, self.lora_B.weight
-        if self.is_conv:
-            # b: [out, r, 1, 1], a: [r, in, kh, kw] -> [out, in, kh, kw]
-            return torch.einsum("or,rihw->oihw", b[:, :, 0, 0], a) * self.scaling
-        return (b @ a) * self.scaling  # [out, r] @ [r, in] -> [out, in]
+        with full_precision(a.device):
+            if self.is_conv:
+                # b: [out, r, 1, 1], a: [r, in, kh, kw] -> [out, in, kh, kw]
+                delta = torch.einsum("or,rihw->oihw", b[:, :, 0, 0].float(), a.float())
+            else:
+                delta = b.float() @ a.float()  # [out, r] @ [r, in] -> [out, in]
+        return (delta * self.scaling).to(self.base_layer.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.plain_base_layer:
+            return super().forward(x)  # effective weight through the subclass's own forward
         out = self.base_layer(x)  # bias included here; the low-rank path adds none
         if self.merged:
             return out

@@ -6,7 +6,9 @@ the adapter parameters, the tCURLoRA groups' selected ``col_index``/``row_index`
 patterns, block indices, adapted module names). Keeping the metadata inside the dict makes a plain
 ``safetensors.torch.save_file``/``load_file`` round trip self-describing; :func:`save_adapter` also copies
 it into the file header, where ``safe_open(...).metadata()`` shows it without loading any tensor.
-Base weights are never included.
+Base weights are never included. When the encoder's BatchNorm statistics were adapted during training
+(``adapter.adapt_norm``), they are part of the trained model and are saved too, as ``norm_stats.<module>.<buffer>``
+(``running_mean``, ``running_var``, ``num_batches_tracked``); loading restores them.
 """
 
 from __future__ import annotations
@@ -19,14 +21,24 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from medpeft.adapters.base import AdapterLayer
 from medpeft.adapters.inject import ADAPTER_RECORD_ATTRIBUTE, tcurlora_groups
 from medpeft.io import atomic_output
 
-__all__ = ["CONFIG_KEY", "adapter_state_dict", "load_adapter", "load_adapter_state_dict", "save_adapter"]
+__all__ = [
+    "CONFIG_KEY",
+    "NORM_PREFIX",
+    "adapter_state_dict",
+    "load_adapter",
+    "load_adapter_state_dict",
+    "norm_statistics",
+    "save_adapter",
+]
 
 CONFIG_KEY = "medpeft.adapter_config"
+NORM_PREFIX = "norm_stats."
 FORMAT_VERSION = 1
 
 
@@ -37,9 +49,25 @@ def _record(model: nn.Module) -> dict[str, Any]:
     return {"format": "medpeft-adapter", "version": FORMAT_VERSION, **record}
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter tensors of ``model`` plus their metadata (see module docstring); no base weight."""
-    state: dict[str, torch.Tensor] = {}
+def norm_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The running statistics of every BatchNorm layer of ``model``, keyed ``norm_stats.<module>.<buffer>``."""
+    return {
+        f"{NORM_PREFIX}{name}.{buffer_name}": buffer.detach().clone()
+        for name, module in model.named_modules()
+        if isinstance(module, _BatchNorm)
+        for buffer_name, buffer in module.named_buffers(recurse=False)
+        if buffer is not None
+    }
+
+
+def adapter_state_dict(model: nn.Module, norm_stats: bool = False) -> dict[str, torch.Tensor]:
+    """Adapter tensors of ``model`` plus their metadata (see module docstring); no base weight.
+
+    Args:
+        model: An injected module.
+        norm_stats: Also include the BatchNorm running statistics (when training adapted them).
+    """
+    state: dict[str, torch.Tensor] = dict(norm_statistics(model)) if norm_stats else {}
     for name, module in model.named_modules():
         if isinstance(module, AdapterLayer):
             for param_name, parameter in module.named_parameters():
@@ -47,7 +75,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                     state[f"{name}.{param_name}"] = parameter.detach().clone()
     for group_name, group in tcurlora_groups(model).items():
         prefix = f"tcurlora_groups.{group_name}"
-        state[f"{prefix}.tcur_dU"] = group.tcur_dU.detach().clone()
+        for param_name, parameter in group.named_parameters():  # tcur_dU_real, tcur_dU_imag (when n3 > 2)
+            state[f"{prefix}.{param_name}"] = parameter.detach().clone()
         state[f"{prefix}.col_index"] = group.col_index.clone()
         state[f"{prefix}.row_index"] = group.row_index.clone()
     metadata = json.dumps(_record(model), sort_keys=True).encode()
@@ -84,7 +113,13 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
     differences = _differences(saved, _record(model))
     expected = adapter_state_dict(model)
     expected.pop(CONFIG_KEY)
-    tensors = {key: value for key, value in state.items() if key != CONFIG_KEY}
+    tensors = {key: value for key, value in state.items() if key != CONFIG_KEY and not key.startswith(NORM_PREFIX)}
+    stats = {key: value for key, value in state.items() if key.startswith(NORM_PREFIX)}
+    if stats:
+        model_stats = norm_statistics(model)
+        unknown = sorted(key for key in stats if key not in model_stats or model_stats[key].shape != stats[key].shape)
+        if unknown:
+            differences.append(f"BatchNorm statistics do not fit the model: {unknown[:4]}")
     if not differences:
         missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         if missing or unexpected:
@@ -100,17 +135,21 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
     if differences:
         raise ValueError("adapter does not fit this model: " + "; ".join(differences))
     parameters = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers(remove_duplicate=False))
     with torch.no_grad():
+        for key, value in stats.items():
+            buffers[key.removeprefix(NORM_PREFIX)].copy_(value)
         for key, value in tensors.items():
             if key.endswith(("col_index", "row_index")):
                 continue
             parameters[key].copy_(value)
 
 
-def save_adapter(model: nn.Module, path: str | Path) -> int:
-    """Write the adapter state dict to a ``.safetensors`` file atomically; returns its size in bytes."""
+def save_adapter(model: nn.Module, path: str | Path, norm_stats: bool = False) -> int:
+    """Write the adapter state dict (with BatchNorm statistics if ``norm_stats``) to a ``.safetensors`` file
+    atomically; returns its size in bytes."""
     path = Path(path)
-    state = {key: value.contiguous().cpu() for key, value in adapter_state_dict(model).items()}
+    state = {key: value.contiguous().cpu() for key, value in adapter_state_dict(model, norm_stats).items()}
     header = {"medpeft": bytes(state[CONFIG_KEY].tolist()).decode()}
     with atomic_output(path) as temporary:
         save_file(state, str(temporary), metadata=header)

@@ -9,8 +9,13 @@ The published method fine-tunes the CUR core ``U_k``; we write the same function
     ``W' = W + irfft(C_k dU_k R_k)``,  ``dU_k = U_k - U0_k`` complex, initialised to zero,
 
 so the delta is exactly zero at init, ``U0`` is never stored, and ``irfft`` keeps it real (it drops the
-imaginary parts that cannot survive, as the published ``.real`` does). Trainable real numbers:
-``2 * (n3 // 2 + 1) * r^2`` per group (real and imaginary parts of every ``dU_k``).
+imaginary parts that cannot survive, as the published ``.real`` does). ``C_k`` and ``R_k`` are real at
+frequency 0 (and at ``n3 / 2`` when ``n3`` is even), where ``irfft`` ignores the imaginary part, so ``dU_k``
+has no imaginary part there: the trainable tensors are the real parts ``tcur_dU_real: [F, r, r]`` and the
+imaginary parts of the other frequencies ``tcur_dU_imag: [(n3 - 1) // 2, r, r]``, ``F = n3 // 2 + 1``.
+Trainable real numbers per group: ``2 F r^2 - r^2`` for odd ``n3``, ``2 F r^2 - 2 r^2`` for even ``n3``
+(``n3 r^2`` either way), every one of which receives a gradient. The deltas are built in float32 with
+autocast off.
 
 Unlike the public reference code, which writes the reconstruction into ``param.data`` once (so ``U``
 never receives a gradient), the delta here is recomputed from ``dU`` in every forward pass, once per group:
@@ -30,7 +35,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from medpeft.adapters.base import AdapterLayer, register_adapter, replace_module
+from medpeft.adapters.base import AdapterLayer, full_precision, register_adapter, replace_module
 
 __all__ = [
     "TCURGroup",
@@ -123,16 +128,31 @@ class TCURGroup(nn.Module):
         # C and R are functions of the frozen base weights and the indices: rebuilt at injection, not saved.
         self.register_buffer("cur_C", spectrum[:, :, col_index].contiguous(), persistent=False)  # [F, n1, r]
         self.register_buffer("cur_R", spectrum[:, row_index, :].contiguous(), persistent=False)  # [F, r, n2]
-        # dU as real pairs [F, r, r, 2] (view_as_complex): optimisers and safetensors handle real tensors.
-        self.tcur_dU = nn.Parameter(torch.zeros(spectrum.shape[0], rank, rank, 2, device=weights.device))
+        # dU as real tensors (optimisers and safetensors handle those): real parts [F, r, r] and imaginary
+        # parts [(n3 - 1) // 2, r, r] of frequencies 1 .. (n3 - 1) // 2 only (see the module docstring).
+        frequencies, imaginary = spectrum.shape[0], (n3 - 1) // 2
+        self.tcur_dU_real = nn.Parameter(torch.zeros(frequencies, rank, rank, device=weights.device))
+        self.tcur_dU_imag = (
+            nn.Parameter(torch.zeros(imaginary, rank, rank, device=weights.device)) if imaginary > 0 else None
+        )
         self._cached_delta: tuple[torch.Tensor, ...] | None = None
         self.caching = False
 
+    def complex_dU(self) -> torch.Tensor:
+        """``dU`` as complex ``[F, r, r]``, imaginary parts zero at frequency 0 (and ``n3 / 2`` for even ``n3``)."""
+        real = self.tcur_dU_real
+        if self.tcur_dU_imag is None:
+            return torch.complex(real, torch.zeros_like(real))
+        zeros = real.new_zeros(1, *real.shape[1:])  # [1, r, r]
+        nyquist = [zeros] if self.n3 % 2 == 0 else []
+        imag = torch.cat([zeros, self.tcur_dU_imag, *nyquist])  # frequency 0, 1 .. (n3 - 1) // 2, n3 / 2 -> [F, r, r]
+        return torch.complex(real, imag)
+
     def compute_delta(self) -> torch.Tensor:
-        """The group's real delta ``irfft(C dU R)``: ``[n3, n1, n2]``."""
-        dU = torch.view_as_complex(self.tcur_dU)  # [F, r, r]
-        core = (self.cur_C @ dU) @ self.cur_R  # [F, n1, r] @ [F, r, r] @ [F, r, n2] -> [F, n1, n2]
-        return torch.fft.irfft(core, n=self.n3, dim=0)
+        """The group's real delta ``irfft(C dU R)``: ``[n3, n1, n2]`` float32, whatever the autocast state."""
+        with full_precision(self.tcur_dU_real.device):
+            core = (self.cur_C @ self.complex_dU()) @ self.cur_R  # [F, n1, r] @ [F, r, r] @ [F, r, n2] -> [F, n1, n2]
+            return torch.fft.irfft(core, n=self.n3, dim=0)
 
     def member_deltas(self) -> tuple[torch.Tensor, ...]:
         """The group delta split into its ``n3`` member slices ``[n1, n2]``.
@@ -173,7 +193,7 @@ class TCURLoRALayer(AdapterLayer):
         weight = self.base_layer.weight
         slices = self.group.member_deltas()
         delta = torch.cat([slices[i] for i in self.slices])  # rows stacked: q, k, v squares -> [3 d, d]
-        return delta.reshape(weight.shape)
+        return delta.reshape(weight.shape).to(weight.dtype)
 
 
 def _member_shape(module: nn.Module, split_qkv: bool, name: str) -> tuple[int, tuple[int, int]]:

@@ -12,6 +12,10 @@
   ``C_d: [I_d, R, R]``; ``B_1 = 0`` and the rest ``N(0, sigma^2)``, ``sigma = sqrt(R) / (mode * R)``.
 * Trainable numbers: ``R^2 * sum_d I_d^2`` (transform) ``+ R^2 * (sum_d J_d + sum_d I_d)`` (residual).
 
+The delta ``W0 (T - I) + Delta`` is built in float32 with autocast off, and ``T - I`` is computed on the
+cores (:func:`ring_matrix_minus_identity`), never as the difference of two O(1) dense matrices: it is
+exactly zero at init for every ring rank and does not lose the small update to cancellation.
+
 For ``nn.Conv2d`` the transform mixes input channels only (a 1x1 channel mix before the convolution) and
 the residual is a TR over the weight viewed as ``[out, in * kh * kw]``.
 
@@ -29,15 +33,17 @@ from typing import Literal
 import torch
 from torch import nn
 
-from medpeft.adapters.base import AdapterLayer, register_adapter, replace_module
+from medpeft.adapters.base import AdapterLayer, full_precision, register_adapter, replace_module
 
 __all__ = [
     "TRMConfig",
     "TRMLayer",
     "balanced_factors",
+    "identity_core",
     "identity_regularizer",
     "orthogonal_regularizer",
     "ring_matrix",
+    "ring_matrix_minus_identity",
     "ring_vector_product",
 ]
 
@@ -116,6 +122,36 @@ def ring_matrix(cores: list[torch.Tensor] | nn.ParameterList) -> torch.Tensor:
     return dense.reshape(last.shape[0] * chain.shape[0], last.shape[1] * chain.shape[1])
 
 
+def identity_core(size: int, rank: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The init transform core ``eye(size) / R`` in every ``(r, s)`` slot: ``[size, size, R, R]``."""
+    return (torch.eye(size, dtype=dtype, device=device) / rank)[:, :, None, None].expand(size, size, rank, rank)
+
+
+def ring_matrix_minus_identity(cores: list[torch.Tensor] | nn.ParameterList) -> torch.Tensor:
+    """``T - I`` for the TRM ``T = ring_matrix(cores)``, in float32, exactly zero when the cores are at init.
+
+    With ``E_d`` the init cores (``ring_matrix(E) = I`` up to the rounding of ``1 / R``), ``T - I`` telescopes into
+    ``sum_d ring_matrix(E_1, ..., E_{d-1}, A_d - E_d, A_{d+1}, ..., A_D)``. Each term has a factor
+    ``A_d - E_d`` that is exactly zero at init (computed in the cores' own dtype), whereas ``T - I`` computed
+    densely leaves round-off when ``1 / R`` is inexact (R = 3) and cancels the small update against ``I``.
+    Costs ``D`` ring contractions, small next to the ``W0 (T - I)`` product.
+
+    Args:
+        cores: ``A_d`` of shape ``[I_d, I_d, R, R]``.
+
+    Returns:
+        ``[prod I_d, prod I_d]`` float32.
+    """
+    identity = [identity_core(core.shape[0], core.shape[2], core.dtype, core.device) for core in cores]
+    full = [core.float() for core in cores]
+    total = 0
+    for d, core in enumerate(cores):
+        # E_1 .. E_{d-1}, A_d - E_d, A_{d+1} .. A_D
+        chain = [e.float() for e in identity[:d]] + [(core - identity[d]).float()] + full[d + 1 :]
+        total = total + ring_matrix(chain)
+    return total
+
+
 def ring_vector_product(cores: list[torch.Tensor] | nn.ParameterList) -> torch.Tensor:
     """Chain ``P[n] = G_1[n_1] @ ... @ G_D[n_D]`` of tensor-ring vector cores, little-endian ``n``.
 
@@ -137,8 +173,7 @@ def identity_regularizer(cores: list[torch.Tensor] | nn.ParameterList) -> torch.
     """``sum_d sum_{r,s} || A_d[:, :, r, s] - eye(I_d) / R ||_F``, zero at the identity init."""
     total = cores[0].new_zeros(())
     for core in cores:
-        size, rank = core.shape[0], core.shape[2]
-        target = torch.eye(size, dtype=core.dtype, device=core.device)[:, :, None, None] / rank
+        target = identity_core(core.shape[0], core.shape[2], core.dtype, core.device)
         total = total + torch.linalg.matrix_norm((core - target).permute(2, 3, 0, 1)).sum()
     return total
 
@@ -174,11 +209,9 @@ class TRMLayer(AdapterLayer):
         R = config.rank
         device, dtype = self.base_layer.weight.device, self.base_layer.weight.dtype
         self.in_factors = balanced_factors(self.in_features, config.order)
-        identity_cores = [
-            (torch.eye(size, device=device, dtype=dtype) / R)[:, :, None, None].expand(size, size, R, R).clone()
-            for size in self.in_factors
-        ]
-        self.transform_cores = nn.ParameterList([nn.Parameter(core) for core in identity_cores])
+        self.transform_cores = nn.ParameterList(
+            [nn.Parameter(identity_core(size, R, dtype, device).clone()) for size in self.in_factors]
+        )
         self.out_factors: tuple[int, ...] = ()
         self.fan_in_factors: tuple[int, ...] = ()
         self.residual_out_cores = nn.ParameterList()
@@ -196,27 +229,31 @@ class TRMLayer(AdapterLayer):
                 self.residual_in_cores.append(nn.Parameter(core))
 
     def transform_matrix(self) -> torch.Tensor:
-        """Dense transform ``T``: ``[in, in]`` (``in`` = input channels for Conv2d)."""
-        return ring_matrix(self.transform_cores)
+        """Dense transform ``T``: ``[in, in]`` (``in`` = input channels for Conv2d), float32."""
+        with full_precision(self.base_layer.weight.device):
+            return ring_matrix([core.float() for core in self.transform_cores])
 
     def residual_matrix(self) -> torch.Tensor:
-        """Dense residual ``Delta``: ``[out, fan_in]`` (zeros when ``residual=False``)."""
+        """Dense residual ``Delta``: ``[out, fan_in]``, float32 (zeros when ``residual=False``)."""
         weight = self.base_layer.weight
         if not self.config.residual:
-            return weight.new_zeros(self.out_features, self.fan_in)
-        out_chain = ring_vector_product(self.residual_out_cores)  # [out, R, R]
-        in_chain = ring_vector_product(self.residual_in_cores)  # [fan_in, R, R]
-        return torch.einsum("ors,isr->oi", out_chain, in_chain)  # trace(B-chain @ C-chain)
+            return weight.new_zeros(self.out_features, self.fan_in, dtype=torch.float32)
+        with full_precision(weight.device):
+            out_chain = ring_vector_product([core.float() for core in self.residual_out_cores])  # [out, R, R]
+            in_chain = ring_vector_product([core.float() for core in self.residual_in_cores])  # [fan_in, R, R]
+            return torch.einsum("ors,isr->oi", out_chain, in_chain)  # trace(B-chain @ C-chain)
 
     def compute_delta_weight(self) -> torch.Tensor:
         weight = self.base_layer.weight
-        t_minus_identity = self.transform_matrix() - torch.eye(self.in_features, device=weight.device)
-        if self.is_conv:
-            # W0 T: [out, in, kh, kw] x [in, in'] -> [out, in', kh, kw] (T mixes input channels only)
-            transformed = torch.einsum("oihw,ij->ojhw", weight, t_minus_identity)
-        else:
-            transformed = weight @ t_minus_identity  # [out, in] @ [in, in]
-        return transformed + self.residual_matrix().reshape(weight.shape)
+        with full_precision(weight.device):
+            t_minus_identity = ring_matrix_minus_identity(self.transform_cores)  # [in, in] float32
+            if self.is_conv:
+                # W0 (T - I): [out, in, kh, kw] x [in, in'] -> [out, in', kh, kw] (T mixes input channels only)
+                transformed = torch.einsum("oihw,ij->ojhw", weight.float(), t_minus_identity)
+            else:
+                transformed = weight.float() @ t_minus_identity  # [out, in] @ [in, in]
+            delta = transformed + self.residual_matrix().reshape(weight.shape)
+        return delta.to(weight.dtype)
 
     def regularization(self) -> torch.Tensor | None:
         if self.config.regularizer == "identity":

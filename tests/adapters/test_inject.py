@@ -39,7 +39,8 @@ def test_regex_targets():
 
 
 def test_block_indices_across_families():
-    assert inject_adapters(vit(), "lora", ["qkv"], blocks=[0, -1], rank=1) == ["blocks.0.attn.qkv", "blocks.2.attn.qkv"]
+    names = inject_adapters(vit(), "lora", ["qkv"], blocks=[0, -1], rank=1)
+    assert names == ["blocks.0.attn.qkv", "blocks.2.attn.qkv"]
     swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=64, window_size=4)
     assert len(block_indices(swin)) == 12  # 2 + 2 + 6 + 2 blocks numbered across stages
     assert inject_adapters(swin, "lora", ["qkv"], blocks=[4], rank=1) == ["layers.2.blocks.0.attn.qkv"]
@@ -75,3 +76,35 @@ def test_non_layer_match_and_double_injection_refused():
     inject_adapters(model, "lora", ["attn"], rank=1)
     with pytest.raises(ValueError, match="already has adapters"):
         inject_adapters(model, "lora", ["mlp"], rank=1)
+
+
+
+def test_transformer_presets_adapt_only_the_blocks_own_layers():
+    torch.manual_seed(0)
+    relpos = timm.create_model("vit_relpos_small_patch16_224", pretrained=False, img_size=64, depth=2)
+    assert "blocks.0.attn.rel_pos.mlp.fc1" in dict(relpos.named_modules())  # what a "*mlp.fc1" glob also caught
+    names = inject_adapters(relpos, "lora", ["mlp", "attn"], rank=1)
+    layers = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    assert names == sorted(f"blocks.{b}.{layer}" for b in range(2) for layer in layers)
+    map_pool = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1, global_pool="map")
+    # The attention-pooling head has an mlp.fc1 too; it is no block's.
+    assert inject_adapters(map_pool, "lora", ["mlp"], rank=1) == ["blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, blocks",
+    [
+        ("vit_tiny_patch16_224", {"img_size": 32, "depth": 3}, ["model.blocks.0", "model.blocks.1", "model.blocks.2"]),
+        (
+            "swin_tiny_patch4_window7_224",
+            {"img_size": 64, "window_size": 4, "depths": (1, 1, 1, 1)},
+            [f"layers_{stage}.blocks.0" for stage in range(4)],
+        ),
+    ],
+)
+def test_presets_inside_features_only_wrappers(name, kwargs, blocks):
+    torch.manual_seed(0)
+    encoder = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
+    names = inject_adapters(encoder, "lora", ["attn", "mlp"], rank=1)
+    layers = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    assert names == sorted(f"{block}.{layer}" for block in blocks for layer in layers)

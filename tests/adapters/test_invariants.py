@@ -68,7 +68,10 @@ def test_only_adapters_trainable_with_formula_counts(family, method):
             else:
                 members[(rows, cols)] += 1
         assert len(tcurlora_groups(model)) == len(members)
-        expected = sum(2 * (n3 // 2 + 1) * options["rank"] ** 2 for n3 in members.values())
+        # Real and imaginary parts of dU at the n3 // 2 + 1 rfft frequencies, less the imaginary parts at
+        # frequency 0 and (even n3) n3 / 2, which irfft ignores.
+        r2 = options["rank"] ** 2
+        expected = sum(2 * (n3 // 2 + 1) * r2 - (r2 if n3 % 2 else 2 * r2) for n3 in members.values())
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
 
 

@@ -35,6 +35,13 @@ def reference_delta(weights: torch.Tensor, rank: int, dU: torch.Tensor) -> tuple
     return torch.fft.ifft(product, dim=0).real, cols, rows
 
 
+def stored_dU(group: TCURGroup) -> torch.Tensor:
+    """Complex ``[n3 // 2 + 1, r, r]`` from the stored parts: no imaginary part at 0 (and n3 / 2 when even)."""
+    real, imag = group.tcur_dU_real.detach().double(), torch.zeros_like(group.tcur_dU_real, dtype=torch.float64)
+    imag[1 : 1 + (group.n3 - 1) // 2] = group.tcur_dU_imag.detach()
+    return torch.complex(real, imag)
+
+
 def stacked_square_weights(model: torch.nn.Module) -> torch.Tensor:
     """q, k, v squares and proj of every block, in traversal order: ``[4 * depth, d, d]``."""
     slices = []
@@ -56,9 +63,11 @@ def test_group_delta_matches_dense_reference(depth, rank):
     assert (group.n3, group.n1, group.n2) == weights.shape
 
     assert torch.count_nonzero(group.compute_delta()) == 0  # exact zero at init
+    generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        group.tcur_dU.normal_(generator=torch.Generator().manual_seed(5))
-    expected, cols, rows = reference_delta(weights, rank, torch.view_as_complex(group.tcur_dU.detach()).to(torch.complex128))
+        group.tcur_dU_real.normal_(generator=generator)
+        group.tcur_dU_imag.normal_(generator=generator)
+    expected, cols, rows = reference_delta(weights, rank, stored_dU(group))
     assert group.col_index.tolist() == cols and group.row_index.tolist() == rows
     delta = group.compute_delta()
     assert not delta.is_complex()
@@ -102,9 +111,38 @@ def test_dU_receives_gradient_from_the_loss():
     inject_adapters(model, "tcurlora", ["attn", "mlp"], rank=1)
     model(torch.randn(2, 3, 32, 32)).square().mean().backward()
     for group in tcurlora_groups(model).values():
-        grad = group.tcur_dU.grad
+        grad = group.tcur_dU_real.grad
         assert grad is not None and grad.abs().max() > 0
-        assert grad[1:, ..., 1].abs().max() > 0 or group.n3 <= 2  # imaginary parts learn too (non-DC slices)
+        if group.n3 > 2:  # imaginary parts learn too (the frequencies strictly between 0 and n3 / 2)
+            assert group.tcur_dU_imag.grad.abs().max() > 0
+        else:
+            assert group.tcur_dU_imag is None
+
+
+@pytest.mark.parametrize("n3", [1, 2, 3, 4, 5, 6, 7])
+def test_every_trainable_number_receives_gradient(n3):
+    """Real and imaginary parts at frequency 0 (and n3 / 2) would be dead numbers: irfft ignores them."""
+    rank, frequencies = 2, n3 // 2 + 1
+    generator = torch.Generator().manual_seed(n3)
+    group = TCURGroup(torch.randn(n3, 6, 5, generator=generator), rank, [("layer", k) for k in range(n3)])
+    parameters = list(group.parameters())
+    expected = 2 * frequencies * rank**2 - (rank**2 if n3 % 2 else 2 * rank**2)
+    assert sum(p.numel() for p in parameters) == expected == n3 * rank**2
+    (group.compute_delta() * torch.randn(n3, 6, 5, generator=generator)).sum().backward()
+    for parameter in parameters:
+        assert parameter.grad is not None and torch.count_nonzero(parameter.grad) == parameter.numel()
+
+
+def test_every_trainable_number_of_a_model_receives_gradient():
+    model = vit(depth=3)  # groups of n3 = 12 (even: q, k, v, proj of 3 blocks) and n3 = 3 (odd: fc1, fc2)
+    inject_adapters(model, "tcurlora", ["attn", "mlp"], rank=2)
+    out = model(torch.randn(2, 3, 32, 32))
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+    groups = tcurlora_groups(model).values()
+    assert sorted(g.n3 for g in groups) == [3, 3, 12]
+    for group in groups:
+        for name, parameter in group.named_parameters():
+            assert torch.count_nonzero(parameter.grad) == parameter.numel(), name
 
 
 def test_group_delta_computed_once_per_forward(monkeypatch):
