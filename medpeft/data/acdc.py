@@ -41,6 +41,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medpeft.data.augmentation import DATASET_POLICIES, AugmentationSpec, resolve_augmentation
 from medpeft.data.registry import DatasetNotFoundError, SegmentationDataset, register_dataset
 from medpeft.data.transforms import CaseFileError
 from medpeft.data.volumes import (
@@ -255,7 +256,7 @@ def build_acdc(
     seed: int = 0,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
-    augment: bool | None = None,
+    augment: AugmentationSpec = None,
     cache_rate: float = 0.0,
     stratify: bool = True,
     official_test: bool = True,
@@ -269,7 +270,9 @@ def build_acdc(
         seed: Seed of the split and of the augmentation draws.
         val_fraction: Validation fraction of the volumes (patient-level).
         test_fraction: Test fraction of the volumes (patient-level; unused with an official test set).
-        augment: Random training augmentation; ``None`` means ``True`` for ``"train"`` only.
+        augment: Training augmentation: a policy name or a list of albumentations steps
+            (:mod:`medpeft.data.augmentation`), ``True`` for the ``slices`` policy, ``False`` for none; ``None``
+            means ``slices`` for the ``"train"`` split and none otherwise.
         cache_rate: See :func:`~medpeft.data.volumes.make_slice_dataset`.
         stratify: Split each diagnosis group separately.
         official_test: Use labelled ``testing/`` patients as the test split when present.
@@ -280,8 +283,8 @@ def build_acdc(
     """
     check_split(split)
     cases = acdc_split(root, seed, val_fraction, test_fraction, stratify, official_test)[split]
-    augment = split == "train" if augment is None else augment
-    return make_slice_dataset(cases, image_size, augment, cache_rate=cache_rate, seed=seed)
+    steps = resolve_augmentation(split == "train" if augment is None else augment, DATASET_POLICIES["acdc"])
+    return make_slice_dataset(cases, image_size, steps, cache_rate=cache_rate, seed=seed)
 
 
 @register_volume_dataset("acdc")

@@ -51,6 +51,7 @@ import numpy as np
 from monai.transforms import Compose, MapTransform
 from PIL import Image
 
+from medpeft.data.augmentation import DATASET_POLICIES, AugmentationSpec, resolve_augmentation
 from medpeft.data.registry import DatasetNotFoundError, SegmentationDataset, make_dataset, register_dataset
 from medpeft.data.splits import SPLIT_NAMES, split_cases
 from medpeft.data.transforms import CaseFileError, LoadImageMaskd, build_transforms, load_binary_mask
@@ -269,14 +270,14 @@ class LoadBusiCased(MapTransform):
         return d
 
 
-def build_busi_transforms(image_size: int, augment: bool) -> Compose:
+def build_busi_transforms(image_size: int, augmentation: Sequence[Mapping[str, Mapping[str, Any]]] = ()) -> Compose:
     """The pipeline of :func:`~medpeft.data.transforms.build_transforms` with the BUSI loader as its first step.
 
     Returns:
         A ``Compose`` mapping a BUSI record to ``image`` float32 ``[1, S, S]`` in ``[0, 1]`` and ``label`` int64
         ``[1, S, S]`` in ``{0, 1}``.
     """
-    generic = build_transforms(image_size, augment)
+    generic = build_transforms(image_size, augmentation)
     # Only the loading differs (one grey channel, several masks); resizing, scaling and augmentation are shared.
     assert isinstance(generic.transforms[0], LoadImageMaskd)
     return Compose([LoadBusiCased(), *generic.transforms[1:]])
@@ -469,7 +470,7 @@ def build_busi(
     seed: int = 0,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
-    augment: bool | None = None,
+    augment: AugmentationSpec = None,
     cache_rate: float = 0.0,
     include_normal: bool = True,
     dedup_threshold: float = 0.93,
@@ -484,8 +485,9 @@ def build_busi(
         seed: Seed of the split and of the augmentation draws.
         val_fraction: Fraction of the cases used for validation.
         test_fraction: Fraction of the cases held out for testing.
-        augment: Random flips, 90-degree rotations and small intensity changes; ``None`` means ``True`` for the
-            ``"train"`` split and ``False`` otherwise.
+        augment: Training augmentation: a policy name or a list of albumentations steps
+            (:mod:`medpeft.data.augmentation`), ``True`` for the ``ultrasound`` policy, ``False`` for none; ``None``
+            means ``ultrasound`` for the ``"train"`` split and none otherwise.
         cache_rate: Fraction of cases kept in memory after loading and resizing (MONAI ``CacheDataset``).
         include_normal: Include the ``normal`` images, whose masks are empty.
         dedup_threshold: Thumbnail correlation above which images are grouped (see
@@ -502,6 +504,6 @@ def build_busi(
     if split not in SPLIT_NAMES:
         raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
     cases = busi_split(root, seed, val_fraction, test_fraction, include_normal, dedup_threshold, skip_bad_cases)[split]
-    augment = split == "train" if augment is None else augment
+    steps = resolve_augmentation(split == "train" if augment is None else augment, DATASET_POLICIES["busi"])
     records = [case.record() for case in cases]
-    return make_dataset(records, build_busi_transforms(image_size, augment), cache_rate=cache_rate, seed=seed)
+    return make_dataset(records, build_busi_transforms(image_size, steps), cache_rate=cache_rate, seed=seed)

@@ -26,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 from monai.data import DataLoader
 
+from medpeft.data.augmentation import AugmentationSpec
 from medpeft.data.registry import DATASETS, SegmentationDataset, build_dataset, dataset_info
 from medpeft.data.splits import SPLIT_NAMES, save_split_json
 
@@ -46,7 +47,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         seed: Seed of the split, of the training shuffle and of the augmentation draws.
         val_fraction: Fraction of the cases used for validation (when the dataset has no official validation set).
         test_fraction: Fraction of the cases held out for testing (when the dataset has no official test set).
-        augment: Random flips, 90-degree rotations and intensity jitter on the training split.
+        augment: Augmentation of the training split: ``True`` for the dataset's own policy, ``False`` for none, a
+            policy name or a list of albumentations steps (:mod:`medpeft.data.augmentation`).
         cache_rate: Fraction of train / val cases kept in memory after loading and resizing (MONAI
             ``CacheDataset``); ``0`` reads files on every access.
         **dataset_options: Dataset-specific options passed to the dataset's builder (``data.options`` in a
@@ -71,7 +73,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         seed: int = 0,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
-        augment: bool = True,
+        augment: AugmentationSpec = True,
         cache_rate: float = 0.0,
         **dataset_options: Any,
     ) -> None:
@@ -142,7 +144,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                 seed=self.seed,
                 val_fraction=self.val_fraction,
                 test_fraction=self.test_fraction,
-                augment=self.augment and name == "train",
+                augment=self.augment if name == "train" else False,
                 cache_rate=self.cache_rate if name != "test" else 0.0,
                 **self.dataset_options,
             )

@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from medpeft.data.augmentation import DATASET_POLICIES, AugmentationSpec, resolve_augmentation
 from medpeft.data.registry import DatasetNotFoundError, SegmentationDataset, make_dataset, register_dataset
 from medpeft.data.splits import SPLIT_NAMES, split_cases
 from medpeft.data.transforms import CaseFileError, build_transforms
@@ -205,7 +206,7 @@ def build_isic2018(
     seed: int = 0,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
-    augment: bool | None = None,
+    augment: AugmentationSpec = None,
     cache_rate: float = 0.0,
 ) -> SegmentationDataset:
     """Build one split of ISIC 2018 Task 1 (reads real data only; never downloads or generates).
@@ -217,8 +218,9 @@ def build_isic2018(
         seed: Seed of the train/val/test split and of the augmentation draws.
         val_fraction: Validation fraction of the training set (unused with an official validation set).
         test_fraction: Test fraction of the training set (unused with an official test set).
-        augment: Random flips, 90-degree rotations and small intensity changes; ``None`` means ``True`` for the
-            ``"train"`` split and ``False`` otherwise.
+        augment: Training augmentation: a policy name or a list of albumentations steps
+            (:mod:`medpeft.data.augmentation`), ``True`` for the ``dermoscopy`` policy, ``False`` for none; ``None``
+            means ``dermoscopy`` for the ``"train"`` split and none otherwise.
         cache_rate: Fraction of cases kept in memory after loading and resizing (MONAI ``CacheDataset``);
             ``0`` reads files on every access.
 
@@ -227,5 +229,5 @@ def build_isic2018(
         "name": "ISIC_<id>"}``.
     """
     records = isic_split_records(root, split, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
-    augment = split == "train" if augment is None else augment
-    return make_dataset(records, build_transforms(image_size, augment), cache_rate=cache_rate, seed=seed)
+    steps = resolve_augmentation(split == "train" if augment is None else augment, DATASET_POLICIES["isic2018"])
+    return make_dataset(records, build_transforms(image_size, steps), cache_rate=cache_rate, seed=seed)

@@ -48,6 +48,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from medpeft.data.augmentation import DATASET_POLICIES, AugmentationSpec, resolve_augmentation
 from medpeft.data.registry import DatasetNotFoundError, SegmentationDataset, register_dataset
 from medpeft.data.transforms import CaseFileError
 from medpeft.data.volumes import (
@@ -381,7 +382,7 @@ def build_synapse(
     seed: int = 0,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
-    augment: bool | None = None,
+    augment: AugmentationSpec = None,
     cache_rate: float = 0.0,
     official_test: bool = True,
 ) -> SegmentationDataset:
@@ -394,7 +395,9 @@ def build_synapse(
         seed: Seed of the split and of the augmentation draws.
         val_fraction: Validation fraction of the cases.
         test_fraction: Test fraction of the cases (unused with an official test set).
-        augment: Random training augmentation; ``None`` means ``True`` for ``"train"`` only.
+        augment: Training augmentation: a policy name or a list of albumentations steps
+            (:mod:`medpeft.data.augmentation`), ``True`` for the ``slices`` policy, ``False`` for none; ``None``
+            means ``slices`` for the ``"train"`` split and none otherwise.
         cache_rate: See :func:`~medpeft.data.volumes.make_slice_dataset`.
         official_test: Use the official test cases as the test split (module docstring).
 
@@ -404,8 +407,8 @@ def build_synapse(
     """
     check_split(split)
     cases = synapse_split(root, seed, val_fraction, test_fraction, official_test)[split]
-    augment = split == "train" if augment is None else augment
-    return make_slice_dataset(cases, image_size, augment, cache_rate=cache_rate, seed=seed)
+    steps = resolve_augmentation(split == "train" if augment is None else augment, DATASET_POLICIES["synapse"])
+    return make_slice_dataset(cases, image_size, steps, cache_rate=cache_rate, seed=seed)
 
 
 @register_volume_dataset("synapse")

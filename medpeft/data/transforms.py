@@ -12,43 +12,30 @@ Decisions:
   that is still at least ``S`` pixels on each side, which makes reading multi-megapixel dermoscopy images several
   times faster; the result is then resized anyway.
 * Images are resized straight to ``S x S`` (no cropping or padding, so aspect ratio is not kept, as in common
-  ISIC practice): bilinear with anti-aliasing for the image, nearest for the label so class ids stay exact.
-* Augmentation (training only) uses MONAI dictionary transforms on both keys, so the image and the label share
-  every geometric draw: flips along both axes, a random multiple of 90 degrees, and a small brightness / contrast /
-  gamma change on the image alone. All random transforms follow ``Compose.set_random_state`` and MONAI's
-  ``DataLoader`` worker seeding, so runs are reproducible.
+  ISIC practice): bilinear with anti-aliasing for the image, ``nearest-exact`` for the label so class ids stay
+  exact. Both sample at pixel centres, so the mask stays aligned with the image (torch's plain ``nearest`` floors
+  the source index and shifts the mask by up to half an output pixel).
+* Augmentation (training only) is a modality policy applied with albumentations to image and label together
+  (:mod:`medpeft.data.augmentation`). Its draws follow ``Compose.set_random_state`` and MONAI's ``DataLoader``
+  worker seeding, so runs are reproducible.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import (
-    Compose,
-    EnsureTyped,
-    Lambdad,
-    MapTransform,
-    RandAdjustContrastd,
-    RandFlipd,
-    RandRotate90d,
-    RandRotated,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-    Resized,
-    ScaleIntensityRanged,
-)
+from monai.transforms import Compose, EnsureTyped, MapTransform, Resized, ScaleIntensityRanged
 from PIL import Image
+
+from medpeft.data.augmentation import AlbumentationsD
 
 __all__ = [
     "CaseFileError",
     "LoadImageMaskd",
-    "augmentation_steps",
     "build_transforms",
     "load_binary_mask",
     "load_rgb_image",
@@ -173,12 +160,13 @@ class LoadImageMaskd(MapTransform):
         return d
 
 
-def build_transforms(image_size: int, augment: bool) -> Compose:
+def build_transforms(image_size: int, augmentation: Sequence[Mapping[str, Mapping[str, Any]]] = ()) -> Compose:
     """Build the MONAI pipeline that turns a case record into tensors.
 
     Args:
         image_size: Side ``S`` of the square output.
-        augment: Add the random training augmentations.
+        augmentation: Resolved augmentation steps (:func:`~medpeft.data.augmentation.resolve_augmentation`);
+            empty for none (validation and test).
 
     Returns:
         A ``Compose`` mapping ``{"image": path, "label": path, "name": str}`` to ``image`` float32 ``[3, S, S]`` in
@@ -191,47 +179,16 @@ def build_transforms(image_size: int, augment: bool) -> Compose:
         Resized(
             keys=keys,
             spatial_size=(image_size, image_size),
-            mode=("bilinear", "nearest"),
+            mode=("bilinear", "nearest-exact"),
             align_corners=(False, None),
             anti_aliasing=(True, False),
         ),
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
     ]
-    if augment:
-        steps += augmentation_steps(keys)
+    if augmentation:
+        steps.append(AlbumentationsD(augmentation))
     steps += output_steps()
     return Compose(steps)
-
-
-def augmentation_steps(keys: list[str], max_rotation_degrees: float = 0.0) -> list[Any]:
-    """Random training augmentations shared by every dataset, drawn once per sample for image and label alike.
-
-    Flips on both axes and 90-degree rotations, an optional small free rotation (``max_rotation_degrees``; slice
-    orientation varies between scanners), and small photometric jitter only, clamped to ``[0, 1]``: colour and
-    intensity are real cues, so they must not be destroyed.
-    """
-    steps: list[Any] = [
-        RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
-        RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
-        RandRotate90d(keys=keys, prob=0.5, max_k=3),
-    ]
-    if max_rotation_degrees > 0:
-        steps.append(
-            RandRotated(
-                keys=keys,
-                range_x=math.radians(max_rotation_degrees),
-                prob=0.3,
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            )
-        )
-    return steps + [
-        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-        RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
-        RandAdjustContrastd(keys="image", gamma=(0.8, 1.25), prob=0.3),
-        # functools.partial rather than a lambda so the pipeline pickles into DataLoader workers.
-        Lambdad(keys="image", func=functools.partial(torch.clamp, min=0.0, max=1.0)),
-    ]
 
 
 def output_steps() -> list[Any]:

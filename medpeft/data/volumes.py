@@ -25,10 +25,9 @@ Decisions:
 * Slices are resized straight to ``S x S`` (aspect ratio not kept, as for the 2D datasets): bilinear with
   anti-aliasing for images, nearest for labels (``nearest-exact``: pixel-centre sampling), via MONAI ``Resize``
   with the slices as channels.
-* Training augmentation (MONAI dictionary transforms, so image and label share each geometric draw): flips along
-  both axes, random multiples of 90 degrees, a small rotation (up to 15 degrees), and small intensity scale / shift
-  / gamma changes on the image, clamped to [0, 1]. It follows ``Compose.set_random_state`` and the worker seeding
-  of MONAI's ``DataLoader``, so it is reproducible.
+* Training augmentation: the ``slices`` policy of :mod:`medpeft.data.augmentation` by default (no flips: anatomy
+  has a side), applied with albumentations to image and label together. It follows ``Compose.set_random_state``
+  and the worker seeding of MONAI's ``DataLoader``, so it is reproducible.
 """
 
 from __future__ import annotations
@@ -55,7 +54,8 @@ from nibabel.filebasedimages import ImageFileError
 
 from medpeft.data.registry import SegmentationDataset, make_dataset
 from medpeft.data.splits import SPLIT_NAMES, split_cases
-from medpeft.data.transforms import CaseFileError, augmentation_steps, output_steps
+from medpeft.data.augmentation import AlbumentationsD
+from medpeft.data.transforms import CaseFileError, output_steps
 
 __all__ = [
     "VOLUME_DATASETS",
@@ -394,20 +394,21 @@ class LoadVolumeSliced(Transform):
         return d
 
 
-def build_slice_transforms(cache: VolumeSliceCache, augment: bool) -> Compose:
+def build_slice_transforms(
+    cache: VolumeSliceCache, augmentation: Sequence[Mapping[str, Mapping[str, Any]]] = ()
+) -> Compose:
     """MONAI pipeline from a slice record to ``image`` float32 ``[1, S, S]`` and ``label`` int64 ``[1, S, S]``.
 
     Args:
         cache: Where slices are read from.
-        augment: Add the random training augmentations (module docstring).
+        augmentation: Resolved augmentation steps (:mod:`medpeft.data.augmentation`); empty for none.
 
     Returns:
         The ``Compose``; its deterministic part comes first, so a ``CacheDataset`` caches up to it.
     """
-    keys = ["image", "label"]
     steps: list[Any] = [LoadVolumeSliced(cache)]
-    if augment:
-        steps += augmentation_steps(keys, max_rotation_degrees=15.0)
+    if augmentation:
+        steps.append(AlbumentationsD(augmentation))
     steps += output_steps()
     return Compose(steps)
 
@@ -415,7 +416,7 @@ def build_slice_transforms(cache: VolumeSliceCache, augment: bool) -> Compose:
 def make_slice_dataset(
     cases: Sequence[VolumeCase],
     image_size: int,
-    augment: bool,
+    augmentation: Sequence[Mapping[str, Mapping[str, Any]]],
     cache_rate: float = 0.0,
     seed: int | None = None,
 ) -> SegmentationDataset:
@@ -424,7 +425,7 @@ def make_slice_dataset(
     Args:
         cases: Volumes of one split.
         image_size: Side ``S`` of the square slices.
-        augment: Random training augmentations.
+        augmentation: Resolved augmentation steps; empty for none.
         cache_rate: Passed to :func:`~medpeft.data.registry.make_dataset`; volumes are cached anyway (module
             docstring), so ``> 0`` only moves the reading of that fraction of slices into construction.
         seed: Seed of the augmentation draws.
@@ -439,7 +440,7 @@ def make_slice_dataset(
         for index, case in enumerate(cases)
         for z, slice_name in enumerate(case.slice_names)
     ]
-    return make_dataset(records, build_slice_transforms(cache, augment), cache_rate=cache_rate, seed=seed)
+    return make_dataset(records, build_slice_transforms(cache, augmentation), cache_rate=cache_rate, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------- volume datasets
