@@ -119,5 +119,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             text = "n/a" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
             cells.append(f"{metric} {text}{' ' + unit if metric in ('hd95', 'asd') else ''}")
         print(f"  {label:<18} " + " | ".join(cells))
+    if summary["empty_target"]["n"]:
+        empty = summary["empty_target"]
+        print(
+            f"  cases without a class: {empty['n']}, with a false positive: {empty['false_positives']}; "
+            f"dice counting them (empty prediction = 1): {summary['dice_all']:.4f}"
+        )
     print(f"written: {out}/per_case.csv, summary.json" + ("" if args.no_overlays else ", overlays/"))
     return summary

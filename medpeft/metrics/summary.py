@@ -7,6 +7,11 @@ Conventions (recorded in every ``summary.json``):
 * The overall std is the sample std (ddof = 1) over cases of the per-case score, i.e. the mean over that case's
   classes with a defined score. A per-class std is over that class's defined cases.
 * Undefined scores (NaN, see :mod:`medpeft.metrics.scores`) never enter a mean; ``n_excluded`` counts them.
+* Cases whose target lacks a class (a normal BUSI scan, a slice without an organ) are reported apart, per class
+  and overall: ``empty_target`` counts them and those with a false positive (any predicted voxel of the class).
+  ``dice_all`` is the Dice mean over *every* case, with such a case scored 1 when the prediction is empty too
+  and 0 otherwise (the rule validation Dice selects checkpoints by), so a method that paints lesions into normal
+  scans cannot hide it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,13 @@ def per_case_means(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[str, 
     return {case: statistics.fmean(values) for case, values in by_case.items()}
 
 
+def _dice_all(row: Mapping[str, Any]) -> float:
+    """Dice with an empty target scored 1 for an empty prediction and 0 otherwise."""
+    if int(row["gt_voxels"]) == 0:
+        return 1.0 if int(row["pred_voxels"]) == 0 else 0.0
+    return float(row["dice"])
+
+
 def summarize_scores(
     rows: Sequence[Mapping[str, Any]], protocol: str, distance_unit: str, class_names: Sequence[str] | None = None
 ) -> dict[str, Any]:
@@ -49,9 +61,10 @@ def summarize_scores(
         class_names: Names of classes ``0 .. K-1`` (background first); ``None`` names them by index.
 
     Returns:
-        ``{"protocol", "distance_unit", "definitions", "n_cases", "overall": {metric: {"mean", "std", "n_cases",
-        "n_excluded"}}, "per_class": {"<c>": {"name", metric: {"mean", "std", "n", "n_excluded"}}}}``; a mean or
-        std is ``None`` where nothing was defined.
+        ``{"empty_target": {"n", "false_positives"}, "dice_all", "protocol", "distance_unit", "definitions",
+        "n_cases", "overall": {metric: {"mean", "std", "n_cases", "n_excluded"}}, "per_class": {"<c>": {"name",
+        metric: {"mean", "std", "n", "n_excluded"}, "empty_target": {...}, "dice_all"}}}`` (module docstring); a
+        mean or std is ``None`` where nothing was defined.
     """
     classes = sorted({int(row["class"]) for row in rows})
     per_class: dict[str, dict[str, Any]] = {}
@@ -61,6 +74,9 @@ def summarize_scores(
         for metric in METRIC_NAMES:
             mean, std, n = mean_std(row[metric] for row in class_rows)
             entry[metric] = {"mean": mean, "std": std, "n": n, "n_excluded": len(class_rows) - n}
+        empty = [row for row in class_rows if int(row["gt_voxels"]) == 0]
+        entry["empty_target"] = {"n": len(empty), "false_positives": sum(int(row["pred_voxels"]) > 0 for row in empty)}
+        entry["dice_all"] = mean_std(_dice_all(row) for row in class_rows)[0]
         per_class[str(c)] = entry
     overall: dict[str, Any] = {}
     for metric in METRIC_NAMES:
@@ -73,7 +89,12 @@ def summarize_scores(
             "n_cases": n_cases,
             "n_excluded": sum(per_class[str(c)][metric]["n_excluded"] for c in classes),
         }
+    empty_totals = {
+        key: sum(per_class[str(c)]["empty_target"][key] for c in classes) for key in ("n", "false_positives")
+    }
     return {
+        "empty_target": empty_totals,
+        "dice_all": mean_std(per_class[str(c)]["dice_all"] for c in classes)[0],
         "protocol": protocol,
         "distance_unit": distance_unit,
         "definitions": DEFINITIONS[protocol],
