@@ -28,9 +28,12 @@ from typing import Any, Literal
 
 import yaml
 
+from medpeft.data.augmentation import build_augmentation, resolve_augmentation
 from medpeft.io import write_text_atomic
 
 __all__ = [
+    "ADAPT_NORM_DEFAULTS",
+    "ENCODER_LR_SCALES",
     "AdapterConfig",
     "Config",
     "ConfigError",
@@ -47,6 +50,23 @@ __all__ = [
 Method = Literal["full", "decoder_only", "lora", "trm", "tcurlora"]
 #: Methods that inject adapters into the encoder (the other two only change which parameters train).
 PEFT_METHODS: tuple[str, ...] = ("lora", "trm", "tcurlora")
+#: Whether each method lets the encoder's BatchNorm statistics adapt (``adapter.adapt_norm: null``). ``full`` trains
+#: everything; the frozen-encoder methods keep the pre-trained statistics (docs/results.md measures both).
+ADAPT_NORM_DEFAULTS: dict[str, bool] = {
+    "full": True,
+    "decoder_only": False,
+    "lora": False,
+    "trm": False,
+    "tcurlora": False,
+}
+#: ``optim.encoder_lr`` = ``optim.lr`` times this factor when the config leaves it unset (docs/results.md: sweep).
+ENCODER_LR_SCALES: dict[str, float] = {
+    "full": 1.0,
+    "decoder_only": 1.0,
+    "lora": 1.0,
+    "trm": 1.0,
+    "tcurlora": 1.0,
+}
 #: Trainer arguments that :mod:`medpeft.training.run` sets itself, with the config key to use instead (if any).
 RESERVED_TRAINER_KEYS: dict[str, str | None] = {
     "logger": None,
@@ -96,6 +116,10 @@ class DataConfig:
         test_fraction: Fraction of the cases held out for the final test. Defaults to ``0.15``.
         split_seed: Seed of the train/val/test split. ``None`` resolves to the top-level ``seed``, so changing
             ``seed`` alone re-draws the split; pin it to compare training seeds on one split.
+        augmentation: Training augmentation: ``None`` for the dataset's own modality policy (``dermoscopy`` for
+            ISIC and the demo, ``ultrasound`` for BUSI, ``slices`` for ACDC and Synapse), another policy name
+            (``none`` switches it off), or a list of albumentations steps ``[{HorizontalFlip: {p: 0.5}}, ...]``;
+            see :mod:`medpeft.data.augmentation`. Defaults to ``None``.
         options: Dataset-specific keyword arguments passed through to the data module unchecked.
     """
 
@@ -107,6 +131,7 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     split_seed: int | None = None
+    augmentation: str | list[dict[str, Any]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -118,6 +143,12 @@ class DataConfig:
             _require(0.0 <= value < 1.0, key, f"must be in [0, 1), got {value}")
         total = self.val_fraction + self.test_fraction
         _require(total < 1.0, "test_fraction", f"plus val_fraction must be < 1 to leave training data, got {total}")
+        _require("augment" not in self.options, "options.augment", "is not a dataset option; use data.augmentation")
+        if self.augmentation is not None:
+            try:
+                build_augmentation(resolve_augmentation(self.augmentation, "none"))
+            except ValueError as err:
+                raise _FieldError("augmentation", f"is invalid: {err}") from None
 
 
 @dataclass
@@ -173,6 +204,10 @@ class AdapterConfig:
             near 1 at the start of training, so it shapes the cores without competing with the task.
         grouping: tCURLoRA: how weight matrices are stacked into the tensor that is decomposed, ``"shape"``
             (all matrices of one shape) or ``"name"`` (one tensor per target name). Defaults to ``"shape"``.
+        adapt_norm: Let the encoder's BatchNorm running statistics follow the target data during training (they
+            are then saved in ``adapter.safetensors`` with the adapter). ``False`` keeps them exactly as
+            pre-trained: a frozen encoder stays frozen. ``None`` resolves to the method's default in
+            :data:`ADAPT_NORM_DEFAULTS`. Only encoders with BatchNorm (ResNet) are affected.
     """
 
     method: Method
@@ -186,8 +221,11 @@ class AdapterConfig:
     regularizer: Literal["identity", "orthogonal"] | None = "identity"
     reg_weight: float = 1e-3
     grouping: Literal["shape", "name"] = "shape"
+    adapt_norm: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.adapt_norm is None:
+            self.adapt_norm = ADAPT_NORM_DEFAULTS[self.method]
         if self.method in PEFT_METHODS:
             _require(self.rank is not None, "rank", f"is required for method '{self.method}'")
         if self.rank is not None:
@@ -222,9 +260,13 @@ class OptimConfig:
             step count. Defaults to ``0.05``.
         grad_clip: Gradient-norm clipping threshold; ``0`` disables clipping. Defaults to ``1.0``.
         min_lr_ratio: Final learning rate as a fraction of ``lr`` at the end of the cosine. Defaults to ``0.01``.
+        encoder_lr: Peak learning rate of the trainable encoder parameters (the adapters; every encoder weight for
+            ``full``), while ``lr`` drives the decoder and head. ``None`` resolves to ``lr`` times the method's
+            factor in :data:`ENCODER_LR_SCALES`.
     """
 
     lr: float = 1e-3
+    encoder_lr: float | None = None
     weight_decay: float = 1e-4
     warmup_steps: int | float = 0.05
     grad_clip: float = 1.0
@@ -236,6 +278,8 @@ class OptimConfig:
         _require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         _require(self.grad_clip >= 0.0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
         _require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        if self.encoder_lr is not None:
+            _require(self.encoder_lr > 0.0, "encoder_lr", f"must be > 0, got {self.encoder_lr}")
 
 
 @dataclass
@@ -269,6 +313,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.data.split_seed is None:
             self.data.split_seed = self.seed
+        if self.optim.encoder_lr is None:
+            self.optim.encoder_lr = self.optim.lr * ENCODER_LR_SCALES[self.adapter.method]
         _check_trainer_keys(self.trainer)
 
     @property

@@ -4,6 +4,15 @@ It follows Lightning's ``backbone_image_classifier.py`` example: the network is 
 (and, for PEFT, injected with adapters) outside and handed in; this module only adds the loss, the optimizer and
 schedule, and the validation Dice (MONAI's ``DiceMetric`` in its per-batch call -> ``aggregate()`` -> ``reset()``
 cycle) that selects the checkpoint. Held-out testing lives in :mod:`medpeft.evaluation`.
+
+Two rules keep training honest:
+
+* **Frozen means frozen.** With ``freeze_encoder_norm`` (every method but ``full``, unless the config adapts the
+  statistics) the encoder's BatchNorm layers stay in eval mode whenever the module is put in train mode, so their
+  running statistics never move: the pre-trained file plus the adapter and decoder reproduce the trained network.
+* **Selection scores what the test scores.** Validation Dice counts a false positive on an image (or slice) whose
+  class is absent as 0 and an empty prediction there as 1 (``DiceMetric(ignore_empty=False)``); MONAI's default
+  would skip such images, so checkpoints that paint lesions into normal scans would be preferred.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from medpeft.adapters import regularization_loss
 
@@ -65,6 +75,10 @@ class SegmentationModule(pl.LightningModule):
         warmup_steps: Warmup length; a value ``< 1`` is a fraction of ``trainer.estimated_stepping_batches``.
         min_lr_ratio: Final learning rate as a fraction of ``lr``.
         reg_weight: Weight of the adapter regularization term.
+        encoder_lr: Peak learning rate of the trainable encoder parameters (adapters, or every encoder weight for
+            ``full``); ``None`` uses ``lr``. Decoder and head always use ``lr``.
+        freeze_encoder_norm: Keep the encoder's BatchNorm layers in eval mode during training (running statistics
+            unchanged).
     """
 
     def __init__(
@@ -76,12 +90,24 @@ class SegmentationModule(pl.LightningModule):
         warmup_steps: float = 0.05,
         min_lr_ratio: float = 0.01,
         reg_weight: float = 1e-3,
+        encoder_lr: float | None = None,
+        freeze_encoder_norm: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
-        self.val_dice = DiceMetric(include_background=False, reduction="mean")
+        self.val_dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        """Lightning calls this before every training epoch; frozen encoder norms go back to eval mode here."""
+        super().train(mode)
+        if mode and self.hparams.freeze_encoder_norm:
+            for module in self.net.encoder.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -118,13 +144,26 @@ class SegmentationModule(pl.LightningModule):
         share = 100 * trainable / max(1, total)
         self.print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: encoder or decoder/head learning rate, crossed with weight decay on matrices only."""
+        encoder_ids = {id(p) for p in self.net.encoder.parameters()}
+        encoder_lr = self.hparams.lr if self.hparams.encoder_lr is None else self.hparams.encoder_lr
+        groups = []
+        for p in self.net.parameters():
+            if not p.requires_grad:
+                continue
+            part, lr = ("encoder", encoder_lr) if id(p) in encoder_ids else ("decoder", self.hparams.lr)
+            decay = self.hparams.weight_decay if p.ndim >= 2 else 0.0
+            name = part if p.ndim >= 2 else f"{part}_no_decay"  # unique names: LearningRateMonitor logs by name
+            group = next((g for g in groups if g["name"] == name), None)
+            if group is None:
+                group = {"name": name, "lr": lr, "weight_decay": decay, "params": []}
+                groups.append(group)
+            group["params"].append(p)
+        return groups
+
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.hparams.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.lr)
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams.lr)
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ValueError("the learning-rate schedule needs a finite run; set trainer.max_steps or max_epochs")

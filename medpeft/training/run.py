@@ -147,6 +147,7 @@ def _build_datamodule(cfg: Config) -> SegmentationDataModule:
             seed=data.split_seed,
             val_fraction=data.val_fraction,
             test_fraction=data.test_fraction,
+            augment=True if data.augmentation is None else data.augmentation,
             **data.options,
         )
     except (TypeError, ValueError) as err:  # unregistered dataset, or a data.options key it does not take
@@ -222,6 +223,8 @@ def collect_metrics(
             **{metric: overall[metric]["mean"] for metric in overall},
             "std": {metric: overall[metric]["std"] for metric in overall},
             "n_excluded": {metric: overall[metric]["n_excluded"] for metric in overall},
+            "dice_all": summary["dice_all"],
+            "empty_target": summary["empty_target"],
             "per_class": summary["per_class"],
             "n_test_cases": summary["n_cases"],
             **efficiency_figures(net, image_shape, adapter_file if adapter_file.is_file() else None),
@@ -287,6 +290,8 @@ def main(argv: list[str] | None = None) -> Path:
         warmup_steps=cfg.optim.warmup_steps,
         min_lr_ratio=cfg.optim.min_lr_ratio,
         reg_weight=cfg.adapter.reg_weight,
+        encoder_lr=cfg.optim.encoder_lr,
+        freeze_encoder_norm=not cfg.adapter.adapt_norm,
     )
     trainer, checkpoint = build_trainer(cfg, run_dir)
     throughput = TrainingThroughput()
@@ -305,7 +310,7 @@ def main(argv: list[str] | None = None) -> Path:
         load_network_state(net, best)
     net.to(trainer.strategy.root_device)
     if cfg.adapter.method in PEFT_METHODS:
-        save_adapter(net.encoder, run_dir / "adapter.safetensors")
+        save_adapter(net.encoder, run_dir / "adapter.safetensors", norm_stats=cfg.adapter.adapt_norm)
     result = evaluate_split(net, cfg, split="test")
     write_evaluation(result, run_dir, cfg.model.num_classes)
     metrics = collect_metrics(cfg, net, result.summary, run_dir, len(adapted), best, train_seconds, throughput)
@@ -317,6 +322,12 @@ def main(argv: list[str] | None = None) -> Path:
         f"test ({metrics['n_test_cases']} cases): dice {_fmt(metrics['dice'])} | iou {_fmt(metrics['iou'])} | "
         f"hd95 {_fmt(metrics['hd95'])} {unit} | asd {_fmt(metrics['asd'])} {unit}"
     )
+    empty = metrics["empty_target"]
+    if empty["n"]:
+        print(
+            f"cases without a class: {empty['n']}, with a false positive: {empty['false_positives']} | "
+            f"dice counting them (empty prediction = 1): {_fmt(metrics['dice_all'])}"
+        )
     print(
         f"params: trainable {metrics['trainable_params']:,d} of {metrics['total_params']:,d} | "
         f"adapter {metrics['adapter_params']:,d} ({100 * metrics['adapter_fraction_of_encoder']:.3f}% of encoder) | "
