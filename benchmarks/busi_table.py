@@ -53,7 +53,7 @@ def score_run(per_case: Path) -> dict[str, float]:
 def _cell(values: list[float], digits: int) -> str:
     mean = statistics.fmean(values)
     if len(values) < 2:
-        return f"{mean:.{digits}f}"
+        return f"{mean:.0f}" if digits == 1 and mean.is_integer() else f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 

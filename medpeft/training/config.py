@@ -38,6 +38,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "LossConfig",
     "ModelConfig",
     "OptimConfig",
     "PEFT_METHODS",
@@ -249,6 +250,30 @@ class AdapterConfig:
 
 
 @dataclass
+class LossConfig:
+    """The ``loss`` section: MONAI's ``DiceCELoss`` on softmax outputs (plus the adapters' regulariser).
+
+    Args:
+        dice_batch: Compute the Dice term over the whole batch instead of per image and then averaging. Per-image
+            Dice of an image without the class is 0 or 1 whatever the lesion size, a noisy target on data
+            with empty masks (BUSI's normal scans). Defaults to ``False``.
+        include_background: Include the background class in the Dice term. Defaults to ``True``.
+        lambda_dice: Weight of the Dice term. Defaults to ``1.0``.
+        lambda_ce: Weight of the cross-entropy term. Defaults to ``1.0``.
+    """
+
+    dice_batch: bool = False
+    include_background: bool = True
+    lambda_dice: float = 1.0
+    lambda_ce: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.lambda_dice >= 0.0, "lambda_dice", f"must be >= 0, got {self.lambda_dice}")
+        _require(self.lambda_ce >= 0.0, "lambda_ce", f"must be >= 0, got {self.lambda_ce}")
+        _require(self.lambda_dice + self.lambda_ce > 0.0, "lambda_ce", "and lambda_dice cannot both be 0")
+
+
+@dataclass
 class OptimConfig:
     """The ``optim`` section: AdamW with linear warmup then cosine decay, stepped every optimizer step.
 
@@ -291,6 +316,7 @@ class Config:
         model: See :class:`ModelConfig`.
         adapter: See :class:`AdapterConfig`.
         optim: See :class:`OptimConfig`.
+        loss: See :class:`LossConfig`.
         trainer: Keyword arguments for :class:`pytorch_lightning.Trainer` (``max_epochs``, ``max_steps``,
             ``accelerator``, ``devices``, ``precision``, ...). Keys the Trainer does not accept and keys the
             training script sets itself (:data:`RESERVED_TRAINER_KEYS`) are rejected.
@@ -305,6 +331,7 @@ class Config:
     model: ModelConfig
     adapter: AdapterConfig
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     output_dir: str = "runs"

@@ -79,6 +79,8 @@ class SegmentationModule(pl.LightningModule):
             ``full``); ``None`` uses ``lr``. Decoder and head always use ``lr``.
         freeze_encoder_norm: Keep the encoder's BatchNorm layers in eval mode during training (running statistics
             unchanged).
+        loss_options: Keyword arguments of ``DiceCELoss`` beyond ``to_onehot_y`` and ``softmax`` (``batch``,
+            ``include_background``, ``lambda_dice``, ``lambda_ce``).
     """
 
     def __init__(
@@ -92,11 +94,12 @@ class SegmentationModule(pl.LightningModule):
         reg_weight: float = 1e-3,
         encoder_lr: float | None = None,
         freeze_encoder_norm: bool = False,
+        loss_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, **(loss_options or {}))
         self.val_dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
         self.train(self.training)
 

@@ -292,6 +292,12 @@ def main(argv: list[str] | None = None) -> Path:
         reg_weight=cfg.adapter.reg_weight,
         encoder_lr=cfg.optim.encoder_lr,
         freeze_encoder_norm=not cfg.adapter.adapt_norm,
+        loss_options={
+            "batch": cfg.loss.dice_batch,
+            "include_background": cfg.loss.include_background,
+            "lambda_dice": cfg.loss.lambda_dice,
+            "lambda_ce": cfg.loss.lambda_ce,
+        },
     )
     trainer, checkpoint = build_trainer(cfg, run_dir)
     throughput = TrainingThroughput()
