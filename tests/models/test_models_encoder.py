@@ -59,3 +59,16 @@ def test_swin_window_tiles_the_grid(img_size, window):
 def test_unsupported_family_names_the_supported_ones():
     with pytest.raises(ValueError, match=r"vit_\*.*swin_\*.*resnet\*"):
         encoder_family("convnext_tiny")
+
+
+def test_random_resnet_keeps_residual_branches_on() -> None:
+    """timm zero-inits each block's last BatchNorm; ours must not, or a random ResNet's blocks start switched off
+    and an adapter on their convs gets no gradient (BUSI from scratch lost 0.07 validation Dice to it)."""
+    from medpeft.adapters import inject_adapters, tcurlora_groups
+
+    encoder = TimmEncoder("resnet18", in_channels=1, img_size=64)
+    last_norms = [m.bn2.weight for m in encoder.model.modules() if type(m).__name__ == "BasicBlock"]
+    assert len(last_norms) == 8 and all(torch.equal(w, torch.ones_like(w)) for w in last_norms)
+    inject_adapters(encoder, method="tcurlora", targets=["conv"], rank=1)
+    sum(f.square().mean() for f in encoder(torch.rand(2, 1, 64, 64))).backward()
+    assert all(group.tcur_dU_real.grad.abs().sum() > 0 for group in tcurlora_groups(encoder).values())

@@ -39,7 +39,7 @@ def _batches(n: int = 3) -> list[dict[str, torch.Tensor]]:
 def _pretrained_file(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     source = build_segmenter("resnet18", in_channels=1, num_classes=2, img_size=32)
-    with torch.no_grad():  # like a trained network: timm zero-inits each block's last BN, which blocks gradients
+    with torch.no_grad():  # BatchNorm scales away from 1, like a trained network's
         for module in source.encoder.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.weight.uniform_(0.5, 1.5)
