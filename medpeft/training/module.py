@@ -101,10 +101,12 @@ class SegmentationModule(pl.LightningModule):
         self.net = net
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, **(loss_options or {}))
         self.val_dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
+        # Lightning 2.x does not call train() when fit starts: it keeps (and after validation restores) each
+        # submodule's mode as found, so the frozen norms must be in eval mode from here on.
         self.train(self.training)
 
     def train(self, mode: bool = True) -> SegmentationModule:
-        """Lightning calls this before every training epoch; frozen encoder norms go back to eval mode here."""
+        """Put the module in ``mode``; frozen encoder norms stay in eval mode whoever calls this."""
         super().train(mode)
         if mode and self.hparams.freeze_encoder_norm:
             for module in self.net.encoder.modules():
