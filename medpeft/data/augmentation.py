@@ -85,11 +85,10 @@ POLICIES: dict[str, list[dict[str, dict[str, Any]]]] = {
     "none": [],
 }
 
-#: The policy each registered dataset uses when the config leaves ``data.augmentation`` unset.
+#: The policy each dataset builder uses when the config leaves ``data.augmentation`` unset. The synthetic demo
+#: sets are read by the ISIC 2018 builder, so they get ``dermoscopy`` through it.
 DATASET_POLICIES: dict[str, str] = {
     "isic2018": "dermoscopy",
-    "demo": "dermoscopy",
-    "demo_source": "dermoscopy",
     "busi": "ultrasound",
     "acdc": "slices",
     "synapse": "slices",
