@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medpeft.models.complexity import count_parameters, measure_gflops
-from medpeft.models.decoders import UNetDecoder, UNETRDecoder
+from medpeft.models.decoders import LinearDecoder, UNetDecoder, UNETRDecoder
 from medpeft.models.encoder import TimmEncoder
 from medpeft.models.pretrained import (
     PretrainedWeightsError,
@@ -18,6 +18,7 @@ __all__ = [
     "Segmenter",
     "TimmEncoder",
     "UNETRDecoder",
+    "LinearDecoder",
     "UNetDecoder",
     "build_segmenter",
     "count_parameters",

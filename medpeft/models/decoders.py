@@ -7,9 +7,13 @@
   detail that 16-pixel tokens cannot carry, so small structures survive.
 * :class:`UNetDecoder`: for hierarchical encoders (Swin, ResNet). A thin wrapper around
   segmentation_models_pytorch's ``UnetDecoder`` (Ronneberger et al., 2015) plus a 1x1 head.
+* :class:`LinearDecoder`: a light head for every family, after SegFormer's all-MLP decoder (Xie et al.,
+  NeurIPS 2021): per-pixel linear maps of the encoder's features, fused and upsampled bilinearly. It never sees
+  the image, so the segmentation is only as good as the encoder's features: the usual setting for comparing
+  encoder adaptations (and the embedded demo's, see ``configs/demo_*.yaml``).
 
-Both take ``(image, features)`` so that the stem (UNETR) and the output size (both) come from the image, and
-both end in a 1x1 convolution to ``num_classes`` logits at the input resolution.
+All take ``(image, features)`` so that the stem (UNETR) and the output size come from the image, and all end in a
+1x1 convolution to ``num_classes`` logits at the input resolution.
 """
 
 from __future__ import annotations
@@ -22,13 +26,23 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder as SmpUnetDecoder
 from torch import nn
 
-__all__ = ["ConvBlock", "UNETRDecoder", "UNetDecoder", "DEFAULT_UNETR_CHANNELS", "DEFAULT_UNET_CHANNELS"]
+__all__ = [
+    "ConvBlock",
+    "UNETRDecoder",
+    "UNetDecoder",
+    "LinearDecoder",
+    "DEFAULT_UNETR_CHANNELS",
+    "DEFAULT_UNET_CHANNELS",
+    "DEFAULT_LINEAR_CHANNELS",
+]
 
 # Small on purpose: the demo trains on 2 CPU cores. With vit_tiny (192 channels) UNETR has ~1.2 M parameters;
 # UNETR's paper uses 16 * (8, 4, 2, 1) = (128, 64, 32, 16) too, with a 768-channel ViT-B.
 DEFAULT_UNETR_CHANNELS: tuple[int, ...] = (128, 64, 32, 16)
 # smp's default is (256, 128, 64, 32, 16); halving the deep stages keeps resnet18/swin_tiny decoders < 2 M params.
 DEFAULT_UNET_CHANNELS: tuple[int, ...] = (128, 64, 32, 16, 16)
+# One width: every feature map is projected to it, and the fused map has it too (SegFormer-B0 uses 256).
+DEFAULT_LINEAR_CHANNELS: tuple[int, ...] = (64,)
 
 
 def _log2_exact(value: int, what: str) -> int:
@@ -221,3 +235,59 @@ class UNetDecoder(nn.Module):
             for s in self.strides
         ]
         return self.head(self.unet(pyramid))
+
+
+class LinearDecoder(nn.Module):
+    """Light all-MLP head: project, upsample, fuse, classify, upsample (SegFormer's decoder, any encoder family).
+
+    Each feature map gets a 1x1 conv to ``width`` channels and is upsampled bilinearly to the finest map's size;
+    the concatenation goes through 1x1 conv -> BatchNorm -> ReLU -> 1x1 conv to ``num_classes``, and the logits
+    are upsampled bilinearly to the image. No layer sees the image itself, and every layer is per-pixel, so
+    whatever the segmentation needs beyond a per-position classifier has to come from the encoder.
+
+    Args:
+        encoder_channels: Channels of each feature map (shallow to deep).
+        num_classes: Output logit channels.
+        decoder_channels: One entry, the projection and fusion width.
+
+    Raises:
+        ValueError: If ``decoder_channels`` does not hold exactly one width.
+    """
+
+    def __init__(
+        self,
+        encoder_channels: Sequence[int],
+        num_classes: int,
+        decoder_channels: Sequence[int] = DEFAULT_LINEAR_CHANNELS,
+    ) -> None:
+        super().__init__()
+        if len(decoder_channels) != 1:
+            raise ValueError(f"The linear decoder takes one width in decoder_channels, got {list(decoder_channels)}.")
+        width = decoder_channels[0]
+        self.projections = nn.ModuleList(nn.Conv2d(c, width, kernel_size=1) for c in encoder_channels)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(width * len(encoder_channels), width, kernel_size=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Conv2d(width, num_classes, kernel_size=1)
+
+    def forward(self, image: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Decode to logits.
+
+        Args:
+            image: Normalised input, shape [B, C, H, W]; only its size is used.
+            features: Maps [B, encoder_channels[i], h_i, w_i] (any strides).
+
+        Returns:
+            Logits, shape [B, num_classes, H, W].
+        """
+        size = max((f.shape[-2:] for f in features), key=lambda hw: hw[0] * hw[1])
+        projected = [
+            F.interpolate(proj(f), size=size, mode="bilinear", align_corners=False)
+            if f.shape[-2:] != size
+            else proj(f)
+            for proj, f in zip(self.projections, features)
+        ]
+        logits = self.head(self.fuse(torch.cat(projected, dim=1)))
+        return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)

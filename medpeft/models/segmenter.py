@@ -14,7 +14,14 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
-from medpeft.models.decoders import DEFAULT_UNET_CHANNELS, DEFAULT_UNETR_CHANNELS, UNetDecoder, UNETRDecoder
+from medpeft.models.decoders import (
+    DEFAULT_LINEAR_CHANNELS,
+    DEFAULT_UNET_CHANNELS,
+    DEFAULT_UNETR_CHANNELS,
+    LinearDecoder,
+    UNetDecoder,
+    UNETRDecoder,
+)
 from medpeft.models.encoder import TimmEncoder
 from medpeft.models.pretrained import load_pretrained_decoder, load_pretrained_encoder
 
@@ -22,7 +29,7 @@ __all__ = ["DECODERS", "Segmenter", "build_segmenter"]
 
 _logger = logging.getLogger(__name__)
 
-DECODERS = ("auto", "unetr", "unet")
+DECODERS = ("auto", "unetr", "unet", "linear")
 # "auto": equal-stride ViT features need UNETR's learned upsampling; hierarchical features suit a U-Net
 _AUTO_DECODER = {"vit": "unetr", "swin": "unet", "resnet": "unet"}
 
@@ -62,7 +69,7 @@ class Segmenter(nn.Module):
 def build_segmenter(
     encoder: str = "vit_tiny_patch16_224",
     pretrained: bool | str | Path = False,
-    decoder: Literal["auto", "unetr", "unet"] = "auto",
+    decoder: Literal["auto", "unetr", "unet", "linear"] = "auto",
     in_channels: int = 3,
     num_classes: int = 2,
     img_size: int = 224,
@@ -77,12 +84,13 @@ def build_segmenter(
             ``.safetensors``/``.pth`` file (see :func:`~medpeft.models.pretrained.load_pretrained_encoder`); its
             ``decoder.*`` tensors, if any, initialise the decoder where shapes fit
             (:func:`~medpeft.models.pretrained.load_pretrained_decoder`).
-        decoder: ``"unetr"``, ``"unet"``, or ``"auto"`` (UNETR for ViT, U-Net for Swin and ResNet).
+        decoder: ``"unetr"``, ``"unet"``, ``"linear"`` (a light per-pixel head that never sees the image, for
+            every family), or ``"auto"`` (UNETR for ViT, U-Net for Swin and ResNet).
         in_channels: Image channels.
         num_classes: Output classes (background included).
         img_size: Input side length in pixels (ViT and Swin are built for it).
         decoder_channels: Decoder stage widths, deepest first. Defaults to ``DEFAULT_UNETR_CHANNELS`` or
-            ``DEFAULT_UNET_CHANNELS``.
+            ``DEFAULT_UNET_CHANNELS`` (``DEFAULT_LINEAR_CHANNELS``, one width, for ``"linear"``).
         out_indices: Encoder stages/blocks to decode; see :class:`~medpeft.models.encoder.TimmEncoder`.
 
     Returns:
@@ -100,13 +108,15 @@ def build_segmenter(
         _logger.info("Loaded %d pretrained encoder tensors into %s.", len(report["loaded"]), encoder)
 
     kind = _AUTO_DECODER[enc.family] if decoder == "auto" else decoder
-    if kind == "unetr":
+    if kind == "linear":
+        dec: nn.Module = LinearDecoder(enc.out_channels, num_classes, decoder_channels or DEFAULT_LINEAR_CHANNELS)
+    elif kind == "unetr":
         if len(set(enc.reductions)) != 1:
             raise ValueError(
                 f"The UNETR decoder needs equal-stride features (plain ViT); {encoder} has strides {enc.reductions}. "
                 "Use decoder='unet'."
             )
-        dec: nn.Module = UNETRDecoder(
+        dec = UNETRDecoder(
             enc.out_channels, enc.reductions[0], in_channels, num_classes, decoder_channels or DEFAULT_UNETR_CHANNELS
         )
     else:

@@ -160,11 +160,12 @@ class ModelConfig:
         encoder: timm model name of the encoder, e.g. ``"vit_tiny_patch16_224"``.
         pretrained: ``False`` for random init, ``True`` for timm's pretrained weights, or a path to a
             ``.safetensors`` file with encoder weights. Defaults to ``False``.
-        decoder: Decoder name; ``"auto"`` picks the one that fits the encoder. Defaults to ``"auto"``.
+        decoder: ``"unetr"``, ``"unet"``, ``"linear"`` (light per-pixel head, any encoder) or ``"auto"`` (the
+            one that fits the encoder: UNETR for ViT, U-Net otherwise). Defaults to ``"auto"``.
         in_channels: Image channels. Defaults to ``3``.
         num_classes: Output classes including background. Defaults to ``2`` (binary segmentation).
         decoder_channels: Widths of the decoder stages, deepest first; ``None`` uses the decoder's default
-            (UNETR ``[128, 64, 32, 16]``, U-Net ``[128, 64, 32, 16, 16]``). Defaults to ``None``.
+            (UNETR ``[128, 64, 32, 16]``, U-Net ``[128, 64, 32, 16, 16]``, linear ``[64]``). Defaults to ``None``.
     """
 
     encoder: str

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medpeft.models import Segmenter, TimmEncoder, UNetDecoder, UNETRDecoder, build_segmenter, count_parameters
+from medpeft.models import (
+    LinearDecoder,
+    Segmenter,
+    TimmEncoder,
+    UNetDecoder,
+    UNETRDecoder,
+    build_segmenter,
+    count_parameters,
+)
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
@@ -51,9 +59,31 @@ def test_normalisation_uses_encoder_statistics():
 
 
 def test_invalid_decoders_raise():
-    with pytest.raises(ValueError, match="auto.*unetr.*unet"):
+    with pytest.raises(ValueError, match="auto.*unetr.*unet.*linear"):
         build_segmenter("resnet18", decoder="fpn", img_size=32)
     with pytest.raises(ValueError, match="equal-stride"):
         build_segmenter("resnet18", decoder="unetr", img_size=32)
     with pytest.raises(ValueError, match="distinct strides"):
         build_segmenter("vit_tiny_patch16_224", decoder="unet", img_size=32)
+
+
+@pytest.mark.parametrize("encoder", ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "resnet18"])
+def test_linear_decoder_fits_every_family(encoder):
+    net = build_segmenter(encoder, decoder="linear", num_classes=3, img_size=64)
+    assert isinstance(net.decoder, LinearDecoder)
+    assert net(torch.rand(2, 3, 64, 64)).shape == (2, 3, 64, 64)
+    assert count_parameters(net)["decoder_params"] < 150_000
+
+
+def test_linear_decoder_is_per_pixel_and_never_reads_the_image():
+    decoder = LinearDecoder([8, 16], num_classes=2, decoder_channels=[4]).eval()
+    features = [torch.randn(1, 8, 8, 8), torch.randn(1, 16, 4, 4)]
+    logits = decoder(torch.zeros(1, 3, 32, 32), features)
+    torch.testing.assert_close(logits, decoder(torch.rand(1, 3, 32, 32), features))  # only the image's size counts
+    # per-pixel: constant features give constant logits, equal to the 1x1 layers applied to the one feature vector
+    constant = [f[:, :, :1, :1].expand_as(f) for f in features]
+    flat = decoder(torch.zeros(1, 3, 32, 32), constant)
+    vector = torch.cat([p(f[:, :, :1, :1]) for p, f in zip(decoder.projections, features)], dim=1)
+    torch.testing.assert_close(flat, decoder.head(decoder.fuse(vector)).expand_as(flat))
+    with pytest.raises(ValueError, match="one width"):
+        LinearDecoder([8], num_classes=2, decoder_channels=[4, 4])
