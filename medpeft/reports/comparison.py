@@ -7,6 +7,9 @@ Runs are grouped by their label (``metrics.json`` ``name``, i.e. ``Config.label`
 - **±**: with several seeds, the sample standard deviation (ddof = 1) of those run-level means across seeds; with
   one seed, the sample standard deviation across test cases of the per-case score (mean over classes of the
   case's defined values), from ``per_case.csv``; none for a one-seed run without ``per_case.csv``;
+- **Dice interval**: with several seeds, mean ± the std across seeds; with one seed, the 95 % percentile bootstrap
+  interval of the mean over test cases of the per-case Dice (:func:`scipy.stats.bootstrap`, 9,999 resamples, fixed
+  random state, so a table is reproducible). The Pareto plot draws it;
 - **p**: a two-sided paired Wilcoxon signed-rank test (:func:`scipy.stats.wilcoxon`) of per-case Dice against the
   reference method, cases matched by id on the intersection of the two case sets, each method's per-case Dice
   first averaged over its seeds; ``1.0`` when every difference is zero.
@@ -22,13 +25,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from scipy.stats import wilcoxon
+import numpy as np
+from scipy.stats import bootstrap, wilcoxon
 
 from medpeft.reports.runs import METRICS, ComparisonError, Run
 
 __all__ = [
     "METHOD_ORDER",
     "Comparison",
+    "bootstrap_mean_interval",
     "MethodSummary",
     "paired_wilcoxon",
     "summarize_runs",
@@ -58,6 +63,10 @@ class MethodSummary:
             ``per_case.csv``.
         p_value: Wilcoxon p against the reference; ``None`` for the reference itself or without per-case Dice.
         n_paired: Number of test cases paired in that test.
+        dice_interval: ``(low, high)`` of the Dice uncertainty, of the kind ``dice_interval_kind`` says; ``None``
+            for one seed without per-case Dice.
+        dice_interval_kind: ``"seeds"`` (mean ± std across seeds), ``"bootstrap"`` (one seed: 95 % bootstrap
+            interval of the mean over test cases) or ``"none"``.
     """
 
     name: str
@@ -68,6 +77,8 @@ class MethodSummary:
     case_dice: dict[str, float] | None
     p_value: float | None = None
     n_paired: int | None = None
+    dice_interval: tuple[float, float] | None = None
+    dice_interval_kind: Literal["seeds", "bootstrap", "none"] = "none"
 
     def _first(self, key: str) -> int | float | str | None:
         return self.runs[0].metrics.get(key)
@@ -96,6 +107,20 @@ class MethodSummary:
     def adapter_params(self) -> int | None:
         value = self._first("adapter_params")
         return None if value is None else int(value)
+
+    @property
+    def decoder_params(self) -> int | None:
+        value = self._first("decoder_params")
+        return None if value is None else int(value)
+
+    @property
+    def encoder_params_trained(self) -> int | None:
+        """Parameters the method trains in or adds to the encoder: all of it (``full``), none (``decoder_only``),
+        the adapters (PEFT); ``None`` for runs made before ``metrics.json`` recorded them."""
+        trained, added = self._first("encoder_trainable_params"), self._first("adapter_params")
+        if trained is None or added is None:
+            return None
+        return int(trained) + int(added)
 
     @property
     def n_cases(self) -> int:
@@ -148,6 +173,22 @@ def _mean(values: Iterable[float | None]) -> float | None:
 def _std(values: Iterable[float | None]) -> float | None:
     defined = [v for v in values if v is not None]
     return statistics.stdev(defined) if len(defined) >= 2 else None
+
+
+def bootstrap_mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (9,999 resamples, random state 0).
+
+    Returns ``(v, v)`` when every value is ``v`` (no spread to resample), including a single value.
+    """
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        raise ValueError("bootstrap_mean_interval needs at least one value")
+    if np.all(data == data[0]):
+        return float(data[0]), float(data[0])
+    result = bootstrap(
+        (data,), np.mean, confidence_level=confidence, n_resamples=9_999, method="percentile", random_state=0
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def paired_wilcoxon(scores: dict[str, float], reference: dict[str, float]) -> tuple[float | None, int]:
@@ -222,7 +263,14 @@ def _summarize_label(name: str, runs: list[Run]) -> MethodSummary:
         per_seed = [{c: s["dice"] for c, s in run.per_case.items() if "dice" in s} for run in runs]
         cases = sorted(set().union(*per_seed))
         case_dice = {c: _mean(seed.get(c) for seed in per_seed) for c in cases}
-    return MethodSummary(name=name, runs=runs, mean=mean, std=std, std_kind=std_kind, case_dice=case_dice)
+    summary = MethodSummary(name=name, runs=runs, mean=mean, std=std, std_kind=std_kind, case_dice=case_dice)
+    dice, dice_std = mean["dice"], std["dice"]
+    if std_kind == "seeds" and dice is not None and dice_std is not None:
+        summary.dice_interval, summary.dice_interval_kind = (dice - dice_std, dice + dice_std), "seeds"
+    elif len(runs) == 1 and case_dice:
+        summary.dice_interval = bootstrap_mean_interval(list(case_dice.values()))
+        summary.dice_interval_kind = "bootstrap"
+    return summary
 
 
 def _row_key(summary: MethodSummary) -> tuple[int, bool, str]:

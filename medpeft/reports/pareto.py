@@ -1,4 +1,4 @@
-"""Accuracy-versus-cost Pareto front and its plot (Dice against trainable parameters).
+"""Accuracy-versus-cost Pareto front and its plot (Dice against the parameters a method trains in the encoder).
 
 A method is on the Pareto front when no other method has at most as many trainable parameters and at least as
 high a Dice, with one of the two strictly better. The plot uses matplotlib's object-oriented API with the Agg
@@ -39,46 +39,45 @@ def pareto_front(cost: Sequence[float], score: Sequence[float]) -> list[int]:
 def plot_pareto(
     path: str | os.PathLike[str],
     labels: Sequence[str],
-    params: Sequence[float],
+    encoder_params: Sequence[float],
     dice: Sequence[float],
-    dice_std: Sequence[float | None],
+    dice_interval: Sequence[tuple[float, float] | None],
+    interval_label: str,
+    decoder_params: int | None = None,
     title: str | None = None,
 ) -> None:
-    """Write a PNG of Dice against trainable parameters (log x), one labelled point per method with its std as
-    error bar, and the Pareto front as a step line; written atomically.
+    """Write a PNG of Dice against the parameters each method trains or adds in the encoder, written atomically.
+
+    The x axis is symmetric-log so that ``decoder_only`` (0: frozen encoder) sits at the left edge and a 72-number
+    adapter and a full encoder fit on one axis; the decoder, trained by every method, is named in a note instead
+    of shifting every point by the same amount. Each method is a point with its uncertainty interval as an
+    (asymmetric) bar, labelled beside it with labels pushed apart vertically; the Pareto front is a step line.
 
     Args:
         path: Output ``.png`` file.
         labels: Method labels.
-        params: Trainable parameters per method.
+        encoder_params: Parameters trained in or added to the encoder, per method.
         dice: Mean Dice per method.
-        dice_std: The ``±`` of each Dice (``None``: no error bar).
+        dice_interval: ``(low, high)`` per method (``None``: no bar).
+        interval_label: What the bars are, e.g. ``"95 % bootstrap CI over test cases"``.
+        decoder_params: Trainable decoder parameters (the same in every method), stated in a note.
         title: Plot title.
     """
     figure = Figure(figsize=(6.4, 4.4), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    front = pareto_front(params, dice)
-    # The y range follows the means, so methods that differ by a little stay apart even when the std (across test
-    # cases, for one seed) is wide; bars reaching past the range are clipped.
-    low, high = min(dice), max(dice)
-    pad = max(0.3 * (high - low), 0.01)
+    front = pareto_front(encoder_params, dice)
+    bounds = [b for interval in dice_interval if interval for b in interval] + list(dice)
+    low, high = min(bounds), max(bounds)
+    pad = max(0.08 * (high - low), 0.005)
     axes.set_ylim(low - pad, high + pad)
     for i in range(len(labels)):
-        axes.errorbar(
-            params[i],
-            dice[i],
-            yerr=dice_std[i] or 0.0,
-            fmt="o",
-            color="C3" if i in front else "C0",
-            ecolor="C3" if i in front else "C0",
-            elinewidth=1,
-            alpha=0.9,
-            capsize=3,
-            zorder=3,
-        )
+        interval = dice_interval[i]
+        yerr = None if interval is None else [[max(dice[i] - interval[0], 0.0)], [max(interval[1] - dice[i], 0.0)]]
+        colour = "C3" if i in front else "C0"
+        axes.errorbar(encoder_params[i], dice[i], yerr=yerr, fmt="o", color=colour, ecolor=colour, capsize=3, zorder=3)
     # Labels to the right of their points, pushed apart vertically so that close methods stay readable.
-    gap = 0.07 * (high - low + 2 * pad)
+    gap = 0.06 * (high - low + 2 * pad)
     placed: list[float] = []
     for i in sorted(range(len(labels)), key=lambda k: dice[k]):
         y = dice[i]
@@ -87,16 +86,16 @@ def plot_pareto(
         placed.append(y)
         axes.annotate(
             labels[i],
-            (params[i], dice[i]),
-            xytext=(params[i] * 1.12, y),
-            textcoords="data",
+            (encoder_params[i], dice[i]),
+            xytext=(8, (y - dice[i]) / (high - low + 2 * pad) * 300),
+            textcoords="offset points",
             fontsize=8,
             va="center",
             arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.6} if y != dice[i] else None,
         )
     # the front is a staircase: a method stays the best choice until a costlier one scores higher
     axes.plot(
-        [params[i] for i in front],
+        [encoder_params[i] for i in front],
         [dice[i] for i in front],
         drawstyle="steps-post",
         color="C3",
@@ -104,12 +103,16 @@ def plot_pareto(
         label="Pareto front",
         zorder=2,
     )
-    axes.set_xscale("log")
-    axes.margins(x=0.3)  # room for the labels of the outermost points
-    axes.set_xlabel("trainable parameters (log scale)")
-    axes.set_ylabel("Dice (mean; bars ± std, clipped)")
-    axes.grid(True, which="both", alpha=0.3)
+    axes.set_xscale("symlog", linthresh=1.0)
+    axes.set_xlim(left=-0.5, right=max(max(encoder_params), 1.0) * 8)  # room for the rightmost label
+    axes.set_xlabel("encoder parameters trained or added (symmetric log; 0 = frozen)")
+    axes.set_ylabel("Dice (mean over test cases)")
+    axes.grid(True, which="major", alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
+    notes = [f"bars: {interval_label}"]
+    if decoder_params is not None:
+        notes.append(f"+ decoder: {decoder_params:,} parameters, trained in every method")
+    axes.text(0.01, 0.99, "\n".join(notes), transform=axes.transAxes, fontsize=7.5, va="top", color="0.3")
     if title:
         axes.set_title(title)
     with atomic_output(path) as temporary:

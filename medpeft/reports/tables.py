@@ -2,7 +2,8 @@
 Pareto plot.
 
 Columns: method, encoder, trainable parameters (and % of all parameters), GFLOPs, Dice, IoU, HD95, ASD (with the
-distance unit), n (seeds) and the Wilcoxon p against the reference with the number of paired cases. Dice and IoU
+distance unit), the Dice interval (95 % bootstrap CI over test cases for one seed, mean ± std over seeds otherwise),
+n (seeds) and the Wilcoxon p against the reference with the number of paired cases. Dice and IoU
 have 4 decimals, HD95, ASD and GFLOPs 2. The best value of each column is bold (Dice / IoU highest, HD95 / ASD,
 parameters and GFLOPs lowest), compared as displayed, so ties are all bold.
 """
@@ -71,7 +72,7 @@ def _columns(comparison: Comparison) -> tuple[list[str], list[list[_Cell]]]:
     unit = comparison.distance_unit
     header = ["method", "encoder", "trainable params (% of total)", "GFLOPs"]
     header += [_LABELS[m] if m in ("dice", "iou") else f"{_LABELS[m]} ({unit})" for m in METRICS]
-    header += ["n", f"p vs {comparison.reference} (pairs)"]
+    header += ["Dice interval", "n", f"p vs {comparison.reference} (pairs)"]
 
     columns = [[_Cell(m.name) for m in rows], [_Cell(m.encoder) for m in rows]]
     params = [_Cell(f"{m.trainable_params:,d} ({_percent(m.trainable_params, m.total_params)})") for m in rows]
@@ -89,9 +90,14 @@ def _columns(comparison: Comparison) -> tuple[list[str], list[list[_Cell]]]:
         keys = [None if m.mean[metric] is None else round(m.mean[metric], decimals) for m in rows]
         _mark_best(cells, keys, _HIGHER_IS_BETTER[metric])
         columns.append(cells)
+    columns.append([_Cell(_interval_cell(m.dice_interval)) for m in rows])
     columns.append([_Cell(str(len(m.runs))) for m in rows])
     columns.append([_Cell(_p_cell(m, comparison.reference)) for m in rows])
     return header, columns
+
+
+def _interval_cell(interval: tuple[float, float] | None) -> str:
+    return "n/a" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
 def _p_cell(summary: MethodSummary, reference: str) -> str:
@@ -121,6 +127,10 @@ def _footnotes(comparison: Comparison) -> list[str]:
     if "cases" in kinds:
         std.append("sample std across test cases of the per-case mean over classes where n = 1")
     notes = [f"±: {'; '.join(std)}." if std else "±: none (one seed without per-case results)."]
+    intervals = _interval_label({m.dice_interval_kind for m in comparison.methods})
+    notes.append(
+        f"Dice interval: {intervals} (mean ± std where n > 1; percentile bootstrap, 9,999 resamples, where n = 1)."
+    )
     notes.append(
         f"p: two-sided paired Wilcoxon signed-rank test of per-case Dice (averaged over seeds) against "
         f"{comparison.reference}; in brackets the number of paired test cases."
@@ -191,6 +201,9 @@ def _csv_row(m: MethodSummary, comparison: Comparison) -> dict[str, float | int 
     for metric in METRICS:
         row[f"{metric}_mean"] = m.mean[metric]
         row[f"{metric}_std"] = m.std[metric]
+    low, high = m.dice_interval or (None, None)
+    row.update(dice_interval_low=low, dice_interval_high=high, dice_interval_kind=m.dice_interval_kind)
+    row.update(encoder_params_trained=m.encoder_params_trained, decoder_params=m.decoder_params)
     row.update(
         std_kind=m.std_kind,
         p_value=m.p_value,
@@ -214,6 +227,17 @@ def render_csv(comparison: Comparison) -> str:
     return buffer.getvalue()
 
 
+def _encoder_params(m: MethodSummary) -> int:
+    """x of the Pareto plot; runs older than ``encoder_trainable_params`` fall back to all trainable parameters."""
+    trained = m.encoder_params_trained
+    return m.trainable_params if trained is None else trained
+
+
+def _interval_label(kinds: set[str]) -> str:
+    names = {"seeds": "± std across seeds", "bootstrap": "95 % bootstrap CI of the mean over test cases"}
+    return "; ".join(names[k] for k in sorted(kinds) if k in names) or "none"
+
+
 def write_comparison(
     comparison: Comparison, out_dir: str | os.PathLike[str], title: str | None = None
 ) -> dict[str, Path]:
@@ -225,12 +249,15 @@ def write_comparison(
     write_text_atomic(paths["csv"], render_csv(comparison))
     write_text_atomic(paths["tex"], render_latex(comparison, title))
     plotted = [m for m in comparison.methods if m.mean["dice"] is not None]
+    decoder = {m.decoder_params for m in plotted}
     plot_pareto(
         paths["png"],
         labels=[m.name for m in plotted],
-        params=[m.trainable_params for m in plotted],
+        encoder_params=[_encoder_params(m) for m in plotted],
         dice=[m.mean["dice"] for m in plotted],
-        dice_std=[m.std["dice"] for m in plotted],
+        dice_interval=[m.dice_interval for m in plotted],
+        interval_label=_interval_label({m.dice_interval_kind for m in plotted}),
+        decoder_params=decoder.pop() if len(decoder) == 1 and None not in decoder else None,
         title=title,
     )
     return paths

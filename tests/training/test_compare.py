@@ -9,11 +9,13 @@ import math
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 from PIL import Image
 from scipy.stats import wilcoxon
 
 from medpeft.reports import compare, paired_wilcoxon, pareto_front
+from medpeft.reports.comparison import bootstrap_mean_interval
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = ["c1", "c2", "c3", "c4", "c5", "c6"]
@@ -161,7 +163,11 @@ def test_files_and_best_marking(compare_script: ModuleType, runs_root: Path, tmp
     assert rows["full"][7].startswith("**") and rows["lora"][7].startswith("**")  # ASD tie at 2.00
     assert rows["decoder_only"][2] == "**100 (10 %)**" and rows["full"][2] == "1,000 (100 %)"
     assert all(row[3] == "**2.00**" for row in rows.values())  # 1.999 shows as 2.00: a tie
-    assert rows["full"][9] == "ref" and rows["tcurlora"][9].endswith("(5)")
+    assert rows["full"][8] == "[0.8959, 0.9241]"  # two seeds: mean ± std
+    low, high = (float(b) for b in rows["decoder_only"][8].strip("[]").split(","))  # one seed: bootstrap
+    assert 0.70 < low < 0.8167 < high < 0.90
+    assert rows["full"][10] == "ref" and rows["tcurlora"][10].endswith("(5)")
+    assert "Dice interval: 95 % bootstrap CI of the mean over test cases; ± std across seeds" in markdown
 
     with open(out / "comparison.csv", newline="") as handle:
         table = {row["method"]: row for row in csv.DictReader(handle)}
@@ -170,6 +176,9 @@ def test_files_and_best_marking(compare_script: ModuleType, runs_root: Path, tmp
     assert float(table["full"]["dice_std"]) == pytest.approx(math.sqrt(2) * 0.01)
     assert table["full"]["p_value"] == "" and table["decoder_only"]["std_kind"] == "cases"
     assert table["tcurlora"]["n_paired"] == "5" and table["lora"]["n_cases"] == "6"
+    assert (
+        table["decoder_only"]["dice_interval_kind"] == "bootstrap" and table["full"]["dice_interval_kind"] == "seeds"
+    )
 
     tex = (out / "comparison.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"decoder\_only" in tex
@@ -229,3 +238,31 @@ def test_pareto_front() -> None:
     params = [100, 10, 1000, 50, 100]
     dice = [0.90, 0.85, 0.95, 0.80, 0.90]
     assert pareto_front(params, dice) == [1, 0, 4, 2]
+
+
+def test_bootstrap_interval_matches_the_normal_approximation() -> None:
+    values = np.random.default_rng(0).normal(0.7, 0.2, size=400)
+    half_width = 1.96 * values.std(ddof=1) / math.sqrt(values.size)  # CLT: the bootstrap agrees for n = 400
+    low, high = bootstrap_mean_interval(values)
+    assert low == pytest.approx(values.mean() - half_width, abs=0.004)
+    assert high == pytest.approx(values.mean() + half_width, abs=0.004)
+    assert bootstrap_mean_interval([0.5, 0.5, 0.5]) == (0.5, 0.5) and bootstrap_mean_interval([0.3]) == (0.3, 0.3)
+
+
+def test_pareto_x_is_what_the_encoder_trains_or_adds(tmp_path: Path) -> None:
+    scores = metrics(0.9, 0.8, 1.0, 1.0)
+    counts = {"full": (5000, 0), "decoder_only": (0, 0), "lora": (0, 96)}
+    for method, (encoder_trained, adapter) in counts.items():
+        run = make_run(
+            tmp_path, method, method, 0, scores, None, trainable=100 + encoder_trained + adapter, total=5100
+        )
+        facts = json.loads((run / "metrics.json").read_text())
+        facts.update(encoder_trainable_params=encoder_trained, adapter_params=adapter, decoder_params=100)
+        (run / "metrics.json").write_text(json.dumps(facts))
+    rows = {m.name: m for m in compare([tmp_path]).methods}
+    assert {name: m.encoder_params_trained for name, m in rows.items()} == {
+        "full": 5000,
+        "decoder_only": 0,
+        "lora": 96,
+    }
+    assert rows["lora"].decoder_params == 100
