@@ -169,7 +169,8 @@ def inject_adapters(
 
     Raises:
         ValueError: unknown method or option, nothing matched (a few candidate names are listed), a match
-            that is not an ``nn.Linear``/``nn.Conv2d``, or a model that already has adapters.
+            that is not an ``nn.Linear``/``nn.Conv2d``, or a model that already has adapters. Injection is all or
+            nothing: when a layer is refused, every layer wrapped before it is put back and ``model`` is unchanged.
     """
     if hasattr(model, ADAPTER_RECORD_ATTRIBUTE):
         raise ValueError("this model already has adapters; inject adapters once per model")
@@ -182,7 +183,18 @@ def inject_adapters(
             f"targets {list(patterns)} (blocks={block_list}) matched no module; "
             f"adaptable layers in this model include: {_candidates(model)}"
         )
-    get_adapter_method(method).apply(model, matches, config)
+    trainable = {parameter: parameter.requires_grad for parameter in model.parameters()}
+    try:
+        get_adapter_method(method).apply(model, matches, config)
+    except Exception:
+        # all or nothing: a layer refused halfway (say LoRA dropout on a conv subclass) must not leave a
+        # half-injected model behind
+        for name, module, _ in matches:
+            replace_module(model, name, module)
+        remove_tcurlora_groups(model)
+        for parameter, flag in trainable.items():
+            parameter.requires_grad_(flag)
+        raise
 
     model.requires_grad_(False)
     for parameter in adapter_parameters(model):
@@ -266,4 +278,3 @@ def regularization_loss(model: nn.Module) -> torch.Tensor:
         return torch.stack(terms).sum()
     reference = next(model.parameters(), None)
     return torch.zeros((), device=reference.device if reference is not None else None)
-

@@ -232,7 +232,11 @@ def apply_tcurlora(root: nn.Module, matches: list[tuple[str, nn.Module, str]], c
             start += count
     root.add_module(GROUPS_ATTRIBUTE, groups)
 
-    handles = [root.register_forward_pre_hook(_start_forward_pass), root.register_forward_hook(_end_forward_pass)]
+    # always_call: the cache is dropped even when the forward raises, so a later merge() never sees a stale delta
+    handles = [
+        root.register_forward_pre_hook(_start_forward_pass),
+        root.register_forward_hook(_end_forward_pass, always_call=True),
+    ]
     root.__dict__[HOOKS_ATTRIBUTE] = handles
 
 

@@ -78,7 +78,6 @@ def test_non_layer_match_and_double_injection_refused():
         inject_adapters(model, "lora", ["mlp"], rank=1)
 
 
-
 def test_transformer_presets_adapt_only_the_blocks_own_layers():
     torch.manual_seed(0)
     relpos = timm.create_model("vit_relpos_small_patch16_224", pretrained=False, img_size=64, depth=2)
@@ -108,3 +107,17 @@ def test_presets_inside_features_only_wrappers(name, kwargs, blocks):
     names = inject_adapters(encoder, "lora", ["attn", "mlp"], rank=1)
     layers = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
     assert names == sorted(f"{block}.{layer}" for block in blocks for layer in layers)
+
+
+def test_injection_is_all_or_nothing():
+    """A layer refused halfway (LoRA dropout on a conv subclass) leaves the model exactly as it was."""
+    from timm.layers import StdConv2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), StdConv2d(4, 4, 3))
+    before = list(model)
+    with pytest.raises(ValueError, match="dropout"):
+        inject_adapters(model, "lora", ["*"], rank=1, dropout=0.1)
+    assert list(model) == before and not any(isinstance(m, AdapterLayer) for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    inject_adapters(model, "lora", ["*"], rank=1)  # the untouched model still takes adapters

@@ -92,8 +92,14 @@ def test_members_in_traversal_order_with_split_qkv():
     groups = tcurlora_groups(model)
     square = next(g for g in groups.values() if g.n1 == g.n2)
     assert square.members == [
-        ("blocks.0.attn.qkv", 0), ("blocks.0.attn.qkv", 1), ("blocks.0.attn.qkv", 2), ("blocks.0.attn.proj", 0),
-        ("blocks.1.attn.qkv", 0), ("blocks.1.attn.qkv", 1), ("blocks.1.attn.qkv", 2), ("blocks.1.attn.proj", 0),
+        ("blocks.0.attn.qkv", 0),
+        ("blocks.0.attn.qkv", 1),
+        ("blocks.0.attn.qkv", 2),
+        ("blocks.0.attn.proj", 0),
+        ("blocks.1.attn.qkv", 0),
+        ("blocks.1.attn.qkv", 1),
+        ("blocks.1.attn.qkv", 2),
+        ("blocks.1.attn.proj", 0),
     ]
     shapes = sorted((g.n3, g.n1, g.n2) for g in groups.values())
     assert shapes == [(2, 192, 768), (2, 768, 192), (8, 192, 192)]
@@ -164,3 +170,17 @@ def test_conv_members_on_resnet():
     inject_adapters(model, "tcurlora", ["conv"], blocks=[2, 3], rank=1)  # layer2.0 and layer2.1
     shapes = sorted((g.n3, g.n1, g.n2) for g in tcurlora_groups(model).values())
     assert shapes == [(1, 128, 576), (3, 128, 1152)]
+
+
+def test_cache_is_dropped_when_a_forward_raises():
+    model = vit(depth=2)
+    inject_adapters(model, "tcurlora", ["attn", "mlp"], rank=1)
+    with pytest.raises(RuntimeError):
+        model(torch.randn(1, 5, 32, 32))  # wrong channel count: raises inside the forward
+    layer = model.get_submodule("blocks.0.mlp.fc1")
+    group = layer.group
+    with torch.no_grad():
+        group.tcur_dU_real.add_(0.5)  # as an optimizer step would
+    assert not group.caching
+    torch.testing.assert_close(layer.delta_weight(), layer.compute_delta_weight())
+    assert layer.delta_weight().abs().sum() > 0  # the new dU, not the stale zero delta
