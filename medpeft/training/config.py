@@ -289,6 +289,9 @@ class OptimConfig:
         encoder_lr: Peak learning rate of the trainable encoder parameters (the adapters; every encoder weight for
             ``full``), while ``lr`` drives the decoder and head. ``None`` resolves to ``lr`` times the method's
             factor in :data:`ENCODER_LR_SCALES`.
+        nonfinite_loss: ``"stop"`` (default): a NaN / infinite training loss ends the run with an error before
+            it touches a weight, the checkpoints written so far being the last good ones; ``"skip"``: drop that
+            batch, count it (``train/skipped_batches``) and go on (one process only: not under DDP).
     """
 
     lr: float = 1e-3
@@ -297,9 +300,14 @@ class OptimConfig:
     warmup_steps: int | float = 0.05
     grad_clip: float = 1.0
     min_lr_ratio: float = 0.01
+    nonfinite_loss: str = "stop"
 
     def __post_init__(self) -> None:
         _require(self.lr > 0.0, "lr", f"must be > 0, got {self.lr}")
+        choices = ("stop", "skip")
+        _require(
+            self.nonfinite_loss in choices, "nonfinite_loss", f"must be one of {choices}, got {self.nonfinite_loss!r}"
+        )
         _require(self.weight_decay >= 0.0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         _require(self.grad_clip >= 0.0, "grad_clip", f"must be >= 0, got {self.grad_clip}")

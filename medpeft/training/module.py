@@ -19,19 +19,24 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from medpeft.adapters import regularization_loss
 
-__all__ = ["SegmentationModule", "warmup_cosine"]
+__all__ = ["NonFiniteLossError", "SegmentationModule", "warmup_cosine"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (``optim.nonfinite_loss: stop``)."""
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -81,6 +86,11 @@ class SegmentationModule(pl.LightningModule):
             unchanged).
         loss_options: Keyword arguments of ``DiceCELoss`` beyond ``to_onehot_y`` and ``softmax`` (``batch``,
             ``include_background``, ``lambda_dice``, ``lambda_ce``).
+        nonfinite_loss: What a NaN or infinite training loss does: ``"stop"`` raises :class:`NonFiniteLossError`
+            before any weight is touched (the checkpoints already written stay the last good ones); ``"skip"``
+            drops the batch (no backward, no weight update, BatchNorm statistics restored; the learning-rate
+            schedule still advances), counts it in ``skipped_batches`` and logs ``train/skipped_batches``.
+            Skipping is for one process: under DDP every rank must step together.
     """
 
     def __init__(
@@ -95,12 +105,14 @@ class SegmentationModule(pl.LightningModule):
         encoder_lr: float | None = None,
         freeze_encoder_norm: bool = False,
         loss_options: dict[str, Any] | None = None,
+        nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, **(loss_options or {}))
         self.val_dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
+        self.skipped_batches = 0
         # Lightning 2.x does not call train() when fit starts: it keeps (and after validation restores) each
         # submodule's mode as found, so the frozen norms must be in eval mode from here on.
         self.train(self.training)
@@ -127,11 +139,44 @@ class SegmentationModule(pl.LightningModule):
         loss = self.loss(logits, batch["label"])
         return loss, self._one_hot(logits.argmax(dim=1)), self._one_hot(batch["label"])
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        # a skipped batch must not leave its mark through the forward either: keep the norm statistics it moves
+        saved = self._moving_norm_statistics() if self.hparams.nonfinite_loss == "skip" else []
         task_loss = self.loss(self.net(batch["image"]), batch["label"])
         loss = task_loss + self.hparams.reg_weight * regularization_loss(self.net.encoder)
+        if not torch.isfinite(loss):
+            with torch.no_grad():
+                for buffer, value in saved:
+                    buffer.copy_(value)
+            return self._on_nonfinite_loss(loss, batch)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
         return loss
+
+    def _moving_norm_statistics(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(buffer, copy)`` of the running statistics a training-mode forward will update (BatchNorm)."""
+        return [
+            (buffer, buffer.detach().clone())
+            for module in self.net.modules()
+            if isinstance(module, _BatchNorm) and module.training and module.track_running_stats
+            for buffer in module.buffers(recurse=False)
+        ]
+
+    def _on_nonfinite_loss(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
+        """Stop with a message naming where it happened, or skip the batch and count it (``nonfinite_loss``)."""
+        where = f"epoch {self.current_epoch}, optimizer step {self.global_step}"
+        if self.hparams.nonfinite_loss == "skip":
+            self.skipped_batches += 1
+            self.log(
+                "train/skipped_batches", float(self.skipped_batches), on_step=True, batch_size=len(batch["image"])
+            )
+            rank_zero_warn(f"non-finite training loss ({loss.item()}) at {where}: batch skipped")
+            return None
+        raise NonFiniteLossError(
+            f"the training loss is {loss.item()} at {where}; no weight was updated with it, and the checkpoints "
+            "written so far (checkpoints/last.ckpt, best-*.ckpt) are the last good ones. Lower optim.lr / "
+            "optim.encoder_lr, keep optim.grad_clip on, check the batch's images for NaN, or set "
+            "optim.nonfinite_loss: skip to drop such batches"
+        )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, pred, target = self._step(batch)

@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> Path:
         min_lr_ratio=cfg.optim.min_lr_ratio,
         reg_weight=cfg.adapter.reg_weight,
         encoder_lr=cfg.optim.encoder_lr,
+        nonfinite_loss=cfg.optim.nonfinite_loss,
         freeze_encoder_norm=not cfg.adapter.adapt_norm,
         loss_options={
             "batch": cfg.loss.dice_batch,
