@@ -5,6 +5,10 @@ the sweep goes on) writing to ``<out>/<method>/seed<seed>/<config stem>/<timesta
 already holds a ``metrics.json`` is skipped, so an interrupted sweep resumes where it stopped. At the end the
 comparison of :mod:`medpeft.reports` is written to ``<out>/comparison/``.
 
+``--method-config METHOD:FILE`` gives one method its own config instead of the base (how ``make demo`` runs the
+five ``configs/demo_*.yaml``, each with the settings measured for its method); that file's ``adapter.method`` must
+be the method, and its rank is kept.
+
 Per run the sweep sets ``adapter.method``, ``seed``, ``name`` (the method, the row label of the comparison) and
 ``output_dir``, after the ``--set`` overrides and before the ``--method-set`` ones:
 
@@ -57,16 +61,18 @@ class SweepRun:
         seed: Training seed.
         output_dir: The run's ``output_dir``; its run directory is created below it.
         overrides: The ``--set`` overrides of ``scripts/train.py`` for this run.
+        config: The YAML config it trains from (the base, or its method's ``--method-config``).
     """
 
     method: str
     seed: int
     output_dir: Path
     overrides: tuple[str, ...]
+    config: str
 
-    def command(self, config: str) -> list[str]:
+    def command(self) -> list[str]:
         """The ``scripts/train.py`` command line of this run."""
-        return [sys.executable, str(_TRAIN_SCRIPT), "--config", config, "--set", *self.overrides]
+        return [sys.executable, str(_TRAIN_SCRIPT), "--config", self.config, "--set", *self.overrides]
 
     def is_done(self) -> bool:
         """Whether a finished run (a ``metrics.json``) exists below :attr:`output_dir`."""
@@ -103,6 +109,22 @@ def _parse_method_sets(texts: list[str], methods: list[str]) -> dict[str, list[s
     return by_method
 
 
+def _parse_method_configs(texts: list[str], methods: list[str]) -> dict[str, str]:
+    """Split ``METHOD:FILE`` texts into method -> config, checking each file is that method's."""
+    configs: dict[str, str] = {}
+    for text in texts:
+        method, sep, path = text.partition(":")
+        if not sep or not path:
+            raise ConfigError(f"--method-config {text!r} must look like METHOD:FILE, e.g. lora:configs/demo_lora.yaml")
+        if method not in methods:
+            raise ConfigError(f"--method-config {text}: '{method}' is not a swept method ({', '.join(methods)})")
+        found = load_config(path).adapter.method
+        if found != ("full" if method == "scratch" else method):
+            raise ConfigError(f"--method-config {text}: {path} has adapter.method {found}, not {method}")
+        configs[method] = path
+    return configs
+
+
 def plan_sweep(
     config: str,
     methods: list[str],
@@ -110,6 +132,7 @@ def plan_sweep(
     sets: list[str],
     method_sets: list[str],
     out: Path,
+    method_configs: list[str] = (),
 ) -> tuple[list[SweepRun], list[str]]:
     """Plan the runs of a sweep and validate each run's config.
 
@@ -120,6 +143,7 @@ def plan_sweep(
         sets: ``KEY=VALUE`` overrides for every run.
         method_sets: ``METHOD:KEY=VALUE`` overrides for the runs of one method, applied last.
         out: Sweep folder; run ``(m, s)`` writes to ``out/m/seed<s>``.
+        method_configs: ``METHOD:FILE``: that method's runs train from ``FILE`` instead of ``config``.
 
     Returns:
         The runs, method-major, and the decisions to tell the user (e.g. a pinned split seed).
@@ -135,6 +159,7 @@ def plan_sweep(
         raise ConfigError(f"--seeds {','.join(map(str, seeds))}: give distinct integer seeds")
     _check_free_keys(sets, "--set")
     per_method = _parse_method_sets(method_sets, methods)
+    own_config = _parse_method_configs(list(method_configs), methods)
     base = load_config(config, sets)
     decisions = []
     shared = list(sets)
@@ -151,17 +176,18 @@ def plan_sweep(
         if method == "scratch":
             fixed.append("model.pretrained=false")
         own_rank = any(text.partition("=")[0].strip() == "adapter.rank" for text in per_method[method])
-        if trained in PEFT_METHODS and trained != base.adapter.method and not own_rank:
+        if trained in PEFT_METHODS and trained != base.adapter.method and not own_rank and method not in own_config:
             fixed.append(f"adapter.rank={DEFAULT_RANKS[trained]}")
+        run_config = own_config.get(method, config)
         for seed in seeds:
             output_dir = out / method / f"seed{seed}"
             overrides = (*shared, *fixed, f"seed={seed}", f"name={method}", f"output_dir={output_dir}")
             overrides += tuple(per_method[method])
             try:
-                load_config(config, overrides)
+                load_config(run_config, overrides)
             except ConfigError as err:
                 raise ConfigError(f"run {method} seed {seed}: {err}") from None
-            runs.append(SweepRun(method=method, seed=seed, output_dir=output_dir, overrides=overrides))
+            runs.append(SweepRun(method, seed, output_dir, overrides, run_config))
     return runs, decisions
 
 
@@ -204,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
             f"{', '.join(f'{m} {r}' for m, r in DEFAULT_RANKS.items())} unless the base config's method). Repeatable."
         ),
     )
+    parser.add_argument(
+        "--method-config",
+        dest="method_configs",
+        metavar="METHOD:FILE",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="train one method from its own config instead of the base (its adapter.method must match). Repeatable.",
+    )
     parser.add_argument("--out", metavar="DIR", help="sweep folder (default runs/sweep/<config stem>)")
     parser.add_argument("--reference", metavar="NAME", help="reference method of the comparison's Wilcoxon tests")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands, train nothing")
@@ -222,7 +257,8 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``sweep.py --config BASE --methods M1,M2 [--seeds S1,S2] [--set ...] [--method-set ...] [--out DIR]
+    """Run ``sweep.py --config BASE --methods M1,M2 [--seeds S1,S2] [--set ...] [--method-set ...]
+    [--method-config ...] [--out DIR]
     [--reference NAME] [--dry-run]``.
 
     Returns:
@@ -237,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("runs") / "sweep" / stem
     methods = [m.strip() for m in args.methods.split(",")]
     try:
-        runs, decisions = plan_sweep(args.config, methods, _parse_seeds(args.seeds), args.sets, args.method_sets, out)
+        runs, decisions = plan_sweep(
+            args.config, methods, _parse_seeds(args.seeds), args.sets, args.method_sets, out, args.method_configs
+        )
     except ConfigError as err:
         exit_with_error(str(err))
 
@@ -253,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, (run, skip) in enumerate(zip(runs, done), start=1):
             print(f"[{i}/{len(runs)}] {run.method} seed {run.seed}: {'skip (done)' if skip else 'train'}")
             if not skip:
-                print(f"  {shlex.join(run.command(args.config))}")
+                print(f"  {shlex.join(run.command())}")
         return 0
 
     start = time.monotonic()
@@ -265,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{head}: training -> {run.output_dir}", flush=True)
         run_start = time.monotonic()
-        status = subprocess.run(run.command(args.config), check=False).returncode
+        status = subprocess.run(run.command(), check=False).returncode
         if status != 0:
             result = f"FAILED (exit status {status})"
         elif not run.is_done():

@@ -49,7 +49,7 @@ def test_plan_overrides(tmp_path: Path) -> None:
     assert all("data.split_seed=0" in r.overrides for r in runs) and "split_seed" in decisions[0]
 
     configs = {key: load_config(BASE, run.overrides) for key, run in by_run.items()}
-    assert configs["tcurlora", 0].adapter.rank == 1  # the base method keeps the base rank
+    assert configs["tcurlora", 0].adapter.rank == 8  # the base method keeps the base rank
     assert configs["lora", 0].adapter.rank == 8 and configs["lora", 0].name == "lora"  # default LoRA rank
     assert configs["trm", 1].adapter.rank == 3 and "adapter.rank=2" not in by_run["trm", 1].overrides  # --method-set
     scratch = configs["scratch", 1]
@@ -62,6 +62,21 @@ def test_plan_overrides(tmp_path: Path) -> None:
 
     pinned, decisions = plan_sweep(BASE, ["lora"], [0, 1], ["data.split_seed=7"], [], tmp_path)
     assert not decisions and all("data.split_seed=0" not in r.overrides for r in pinned)
+
+
+def test_method_config_trains_a_method_from_its_own_file(tmp_path: Path) -> None:
+    lora_file = str(REPO / "configs" / "demo_lora.yaml")
+    runs, _ = plan_sweep(BASE, ["tcurlora", "lora"], [0], [], [], tmp_path, [f"lora:{lora_file}"])
+    by_method = {r.method: r for r in runs}
+    assert by_method["lora"].config == lora_file and by_method["tcurlora"].config == BASE
+    assert by_method["lora"].command()[3] == lora_file
+    lora = load_config(lora_file, by_method["lora"].overrides)
+    assert lora.adapter.rank == load_config(lora_file).adapter.rank  # its own rank, not the sweep default 8
+    assert lora.adapter.targets == load_config(lora_file).adapter.targets
+    with pytest.raises(ConfigError, match="adapter.method lora, not trm"):
+        plan_sweep(BASE, ["trm"], [0], [], [], tmp_path, [f"trm:{lora_file}"])
+    with pytest.raises(ConfigError, match="METHOD:FILE"):
+        plan_sweep(BASE, ["lora"], [0], [], [], tmp_path, ["lora"])
 
 
 def test_dry_run_prints_plan_and_commands(sweep_script: ModuleType, tmp_path: Path, capsys, no_launch) -> None:
