@@ -21,7 +21,8 @@ DEMO_CONFIGS := full:configs/demo_full.yaml decoder_only:configs/demo_decoder_on
 	trm:configs/demo_trm.yaml tcurlora:configs/demo_tcur.yaml
 demo: $(STAMP)
 	$(PY) scripts/sweep.py --config configs/demo_tcur.yaml --methods full,decoder_only,lora,trm,tcurlora --seeds 0 \
-		--method-config $(DEMO_CONFIGS) --reference decoder_only --out runs/demo
+		--method-config $(DEMO_CONFIGS) --reference decoder_only --out runs/demo \
+		--title "Demo: ViT-Tiny from a synthetic source task to synthetic lesions"
 
 # The fast suite (what CI runs); slow end-to-end tests are marked `slow`.
 test: $(STAMP)

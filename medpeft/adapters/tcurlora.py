@@ -125,7 +125,8 @@ class TCURGroup(nn.Module):
         col_index, row_index = select_cur_indices(spectrum, n3, rank)
         self.register_buffer("col_index", col_index)
         self.register_buffer("row_index", row_index)
-        # C and R are functions of the frozen base weights and the indices: rebuilt at injection, not saved.
+        # C and R are functions of the frozen base weights and the indices: built here, rebuilt after a state dict
+        # is loaded (see refresh_factors), never saved.
         self.register_buffer("cur_C", spectrum[:, :, col_index].contiguous(), persistent=False)  # [F, n1, r]
         self.register_buffer("cur_R", spectrum[:, row_index, :].contiguous(), persistent=False)  # [F, r, n2]
         # dU as real tensors (optimisers and safetensors handle those): real parts [F, r, r] and imaginary
@@ -137,6 +138,18 @@ class TCURGroup(nn.Module):
         )
         self._cached_delta: tuple[torch.Tensor, ...] | None = None
         self.caching = False
+
+    def refresh_factors(self, weights: torch.Tensor) -> None:
+        """Rebuild ``C`` and ``R`` from the members' frozen weights ``[n3, n1, n2]`` at the stored indices.
+
+        Needed after loading a checkpoint into a network whose frozen weights at injection were not the trained
+        run's (a random-init encoder, ``model.pretrained: false``): ``C`` and ``R`` would otherwise stay those of
+        the weights the group was built from.
+        """
+        with torch.no_grad():
+            spectrum = torch.fft.rfft(weights.detach().float(), dim=0)
+            self.cur_C.copy_(spectrum[:, :, self.col_index])
+            self.cur_R.copy_(spectrum[:, self.row_index, :])
 
     def complex_dU(self) -> torch.Tensor:
         """``dU`` as complex ``[F, r, r]``, imaginary parts zero at frequency 0 (and ``n3 / 2`` for even ``n3``)."""
@@ -236,6 +249,7 @@ def apply_tcurlora(root: nn.Module, matches: list[tuple[str, nn.Module, str]], c
     handles = [
         root.register_forward_pre_hook(_start_forward_pass),
         root.register_forward_hook(_end_forward_pass, always_call=True),
+        root.register_load_state_dict_post_hook(_refresh_after_load),
     ]
     root.__dict__[HOOKS_ATTRIBUTE] = handles
 
@@ -249,6 +263,16 @@ def remove_tcurlora_groups(root: nn.Module) -> None:
 
 
 # Hooks look the groups up on the module they are called with, so they stay right on a deep copy.
+def _refresh_after_load(root: nn.Module, _incompatible_keys: object) -> None:
+    """After ``root.load_state_dict``: rebuild every group's ``C`` and ``R`` from the loaded frozen weights."""
+    for group in getattr(root, GROUPS_ATTRIBUTE).values():
+        names = list(dict.fromkeys(name for name, _ in group.members))  # member layers, in slice order
+        layers = [root.get_submodule(name) for name in names]
+        if any(layer.merged for layer in layers):
+            raise RuntimeError("load the state dict into an unmerged tCURLoRA model (call unmerge() first)")
+        group.refresh_factors(torch.cat([layer.base_layer.weight.reshape(-1, group.n1, group.n2) for layer in layers]))
+
+
 def _start_forward_pass(root: nn.Module, _args: tuple) -> None:
     for group in getattr(root, GROUPS_ATTRIBUTE).values():
         group.start_forward_pass()

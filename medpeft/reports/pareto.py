@@ -7,6 +7,7 @@ canvas (no pyplot state, no display needed).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -76,21 +77,25 @@ def plot_pareto(
         yerr = None if interval is None else [[max(dice[i] - interval[0], 0.0)], [max(interval[1] - dice[i], 0.0)]]
         colour = "C3" if i in front else "C0"
         axes.errorbar(encoder_params[i], dice[i], yerr=yerr, fmt="o", color=colour, ecolor=colour, capsize=3, zorder=3)
-    # Labels to the right of their points, pushed apart vertically so that close methods stay readable.
+    # Labels above their points, on the right unless another point's bar stands close on the right (then on the
+    # left), pushed apart vertically so that close methods stay readable.
     gap = 0.06 * (high - low + 2 * pad)
+    decade = [math.log10(1.0 + x) for x in encoder_params]  # position on the symlog axis, in decades
     placed: list[float] = []
     for i in sorted(range(len(labels)), key=lambda k: dice[k]):
         y = dice[i]
         while any(abs(y - other) < gap for other in placed):
             y += gap / 4
         placed.append(y)
+        crowded_right = any(0.0 < decade[j] - decade[i] < 0.6 for j in range(len(labels)))
         axes.annotate(
             labels[i],
             (encoder_params[i], dice[i]),
-            xytext=(8, (y - dice[i]) / (high - low + 2 * pad) * 300),
+            xytext=(-6 if crowded_right else 6, 4 + (y - dice[i]) / (high - low + 2 * pad) * 300),
             textcoords="offset points",
             fontsize=8,
-            va="center",
+            va="bottom",
+            ha="right" if crowded_right else "left",
             arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.6} if y != dice[i] else None,
         )
     # the front is a staircase: a method stays the best choice until a costlier one scores higher
@@ -100,6 +105,7 @@ def plot_pareto(
         drawstyle="steps-post",
         color="C3",
         linewidth=1,
+        alpha=0.5,
         label="Pareto front",
         zorder=2,
     )

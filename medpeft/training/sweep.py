@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", metavar="DIR", help="sweep folder (default runs/sweep/<config stem>)")
     parser.add_argument("--reference", metavar="NAME", help="reference method of the comparison's Wilcoxon tests")
+    parser.add_argument("--title", metavar="TEXT", help="title of the comparison table and plot (default: config stem)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands, train nothing")
     return parser
 
@@ -318,9 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"sweep: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)}", file=sys.stderr)
     try:
-        comparison = compare([out], out / "comparison", reference=args.reference, title=stem)
+        comparison = compare([out], out / "comparison", reference=args.reference, title=args.title or stem)
     except ComparisonError as err:
         exit_with_error(f"comparison: {err}")
-    print(render_markdown(comparison, title=stem), end="")
+    print(render_markdown(comparison, title=args.title or stem), end="")
     print(f"\ncomparison written to {out / 'comparison'}")
     return 1 if failed else 0

@@ -184,3 +184,17 @@ def test_cache_is_dropped_when_a_forward_raises():
     assert not group.caching
     torch.testing.assert_close(layer.delta_weight(), layer.compute_delta_weight())
     assert layer.delta_weight().abs().sum() > 0  # the new dU, not the stale zero delta
+
+
+def test_state_dict_loads_into_a_model_built_from_other_weights():
+    """C and R follow the loaded frozen weights, not those the group was built from (a random-init rebuild)."""
+    trained = vit(depth=2, seed=0)
+    inject_adapters(trained, "tcurlora", ["attn", "mlp"], rank=4)
+    with torch.no_grad():
+        for group in tcurlora_groups(trained).values():
+            group.tcur_dU_real.normal_(0.0, 1.0)
+    rebuilt = vit(depth=2, seed=1)  # other frozen weights at injection
+    inject_adapters(rebuilt, "tcurlora", ["attn", "mlp"], rank=4)
+    rebuilt.load_state_dict(trained.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt(x), trained(x))
