@@ -241,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", metavar="DIR", help="sweep folder (default runs/sweep/<config stem>)")
     parser.add_argument("--reference", metavar="NAME", help="reference method of the comparison's Wilcoxon tests")
-    parser.add_argument("--title", metavar="TEXT", help="title of the comparison table and plot (default: config stem)")
+    parser.add_argument(
+        "--title", metavar="TEXT", help="title of the comparison table and plot (default: config stem)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands, train nothing")
     return parser
 
