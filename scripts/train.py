@@ -4,6 +4,7 @@
 Usage:
     python scripts/train.py --config configs/demo_tcur.yaml
     python scripts/train.py --config configs/demo_lora.yaml --set adapter.rank=8 trainer.max_epochs=2
+    python scripts/train.py --resume runs/demo_lora/20261130-151739      # continue a killed run
 
 See ``python scripts/train.py --help`` and :mod:`medpeft.training.run` for the outputs.
 """

@@ -334,6 +334,9 @@ class Config:
         name: Label of the run in comparison tables (``scripts/compare.py`` groups runs by it, seeds averaged);
             ``None`` uses ``adapter.method``. Set it to tell apart runs of one method, e.g. ``scratch`` for
             ``full`` fine-tuning from a random initialisation.
+        checkpoint_every_n_steps: ``checkpoints/last.ckpt`` is also written every this many optimizer steps (besides
+            after every validation and when training raises), so a killed run resumed with ``--resume`` loses at
+            most that many steps; ``0``: only after validations. Defaults to ``100``.
     """
 
     data: DataConfig
@@ -345,8 +348,11 @@ class Config:
     seed: int = 0
     output_dir: str = "runs"
     name: str | None = None
+    checkpoint_every_n_steps: int = 100
 
     def __post_init__(self) -> None:
+        n = self.checkpoint_every_n_steps
+        _require(isinstance(n, int) and n >= 0, "checkpoint_every_n_steps", f"must be an int >= 0, got {n!r}")
         if self.data.split_seed is None:
             self.data.split_seed = self.seed
         if self.optim.encoder_lr is None:

@@ -7,7 +7,8 @@ and write ``metrics.json``. The run directory ``<output_dir>/<config stem>/<YYYY
 
     config.yaml           resolved config (re-runnable with --config)   written first
     split.json            the train/val/test case names                  before training
-    checkpoints/*.ckpt    best (by val/dice) and last.ckpt               as training goes
+    checkpoints/*.ckpt    best (by val/dice) and last.ckpt               as training goes (--resume continues
+                                                                         from last.ckpt: medpeft.training.resume)
     csv/metrics.csv       per-step and per-epoch logs (plus tensorboard/ event files)
     adapter.safetensors   adapter weights of the best checkpoint (PEFT methods only)   at the end
     per_case.csv          test scores per case and class                               at the end, atomically
@@ -56,6 +57,7 @@ from medpeft.training.config import (
 )
 from medpeft.training.module import SegmentationModule
 from medpeft.training.network import apply_finetuning, segmenter_from_config
+from medpeft.training.resume import LastCheckpoint, checkpoint_step, find_resume_checkpoint, restore_log_history
 from medpeft.training.throughput import TrainingThroughput
 
 __all__ = ["build_parser", "build_trainer", "collect_metrics", "main", "make_run_dir", "trainer_options"]
@@ -77,7 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
             "adapter.safetensors). Exits with status 2 on a config or data error."
         ),
     )
-    parser.add_argument("--config", required=True, metavar="FILE", help="YAML experiment config (see configs/).")
+    parser.add_argument("--config", metavar="FILE", help="YAML experiment config (see configs/).")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help=(
+            "continue a killed run in its own directory from checkpoints/last.ckpt, with its own config.yaml "
+            "(no --config or --set); a finished run (metrics.json) is left as it is"
+        ),
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -91,6 +101,31 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     return parser
+
+
+def _resume_dir(args: argparse.Namespace) -> Path | None:
+    """The run directory of ``--resume`` (checked), or ``None``; exits with status 2 on a bad combination."""
+    if args.resume is None:
+        if args.config is None:
+            exit_with_error("give --config FILE, or --resume RUN_DIR to continue a run")
+        return None
+    if args.config is not None or args.overrides:
+        exit_with_error("--resume continues a run with its own config.yaml: drop --config and --set")
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.yaml").is_file():
+        exit_with_error(f"--resume {run_dir}: no config.yaml there; give a run directory made by scripts/train.py")
+    return run_dir
+
+
+def _check_same_split(datamodule: SegmentationDataModule, run_dir: Path) -> None:
+    """Exit with status 2 if the data no longer split as when the run started (files added or removed)."""
+    stored = json.loads((run_dir / "split.json").read_text())
+    for name, cases in datamodule.split.items():
+        if sorted(stored.get(name, [])) != sorted(cases):
+            exit_with_error(
+                f"--resume {run_dir}: the {name} split differs from its split.json (the dataset changed since the run "
+                "started); resuming would train and select on other images"
+            )
 
 
 def make_run_dir(output_dir: str | os.PathLike[str], name: str) -> Path:
@@ -169,6 +204,9 @@ def _build_datamodule(cfg: Config) -> SegmentationDataModule:
 def build_trainer(cfg: Config, run_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
     """Return the Trainer of a run and its checkpoint callback (best by ``val/dice`` plus ``last.ckpt``).
 
+    ``last.ckpt`` is written after every validation, every ``checkpoint_every_n_steps`` optimizer steps and when
+    ``fit`` raises (:mod:`medpeft.training.resume`).
+
     Logs go to ``run_dir/csv`` and ``run_dir/tensorboard``; gradients are clipped by norm at ``optim.grad_clip``;
     the ``trainer`` section is completed by :func:`trainer_options`.
     """
@@ -179,7 +217,6 @@ def build_trainer(cfg: Config, run_dir: Path) -> tuple[pl.Trainer, ModelCheckpoi
         monitor="val/dice",
         mode="max",
         save_top_k=1,
-        save_last=True,
     )
     trainer = pl.Trainer(
         default_root_dir=run_dir,
@@ -187,7 +224,8 @@ def build_trainer(cfg: Config, run_dir: Path) -> tuple[pl.Trainer, ModelCheckpoi
             CSVLogger(save_dir=run_dir, name="csv", version=""),
             TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
         ],
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        # last.ckpt: what --resume continues from
+        callbacks=[checkpoint, LastCheckpoint(run_dir, cfg.checkpoint_every_n_steps), LearningRateMonitor("step")],
         gradient_clip_val=cfg.optim.grad_clip or None,
         **trainer_options(cfg.trainer),
     )
@@ -257,8 +295,13 @@ def main(argv: list[str] | None = None) -> Path:
             the run directory is created only after these checks pass.
     """
     args = build_parser().parse_args(argv)
+    resume_dir = _resume_dir(args)
+    if resume_dir is not None and (resume_dir / "metrics.json").is_file():
+        print(f"{resume_dir} already finished (metrics.json exists); nothing to resume")
+        return resume_dir
+    config_path = resume_dir / "config.yaml" if resume_dir is not None else args.config
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(config_path, args.overrides)
     except ConfigError as err:
         exit_with_error(str(err))
     pl.seed_everything(cfg.seed, workers=True)
@@ -275,10 +318,15 @@ def main(argv: list[str] | None = None) -> Path:
     except ValueError as err:
         exit_with_error(f"adapter '{cfg.adapter.method}' does not fit encoder '{cfg.model.encoder}': {err}")
 
-    run_dir = make_run_dir(cfg.output_dir, Path(args.config).stem)
-    print(f"run directory: {run_dir}")
-    save_config(cfg, run_dir / "config.yaml")
-    datamodule.save_split(run_dir / "split.json")
+    if resume_dir is None:
+        run_dir = make_run_dir(cfg.output_dir, Path(args.config).stem)
+        print(f"run directory: {run_dir}")
+        save_config(cfg, run_dir / "config.yaml")
+        datamodule.save_split(run_dir / "split.json")
+    else:
+        run_dir = resume_dir
+        os.environ[_RUN_DIR_ENV] = str(run_dir)  # DDP children resume in it too
+        _check_same_split(datamodule, run_dir)
     if adapted:
         print(f"{cfg.adapter.method}: adapters on {len(adapted)} encoder layers ({adapted[0]} ... {adapted[-1]})")
 
@@ -304,15 +352,24 @@ def main(argv: list[str] | None = None) -> Path:
     throughput = TrainingThroughput()
     trainer.callbacks.append(throughput)
 
+    resume_from = find_resume_checkpoint(run_dir) if resume_dir is not None else None
+    if resume_from is not None:
+        step = checkpoint_step(resume_from)
+        kept = restore_log_history(trainer.loggers[0], before_step=step)
+        print(f"resuming {run_dir} from optimizer step {step} ({resume_from}; {kept} log rows kept)")
+    elif resume_dir is not None:
+        print(f"{run_dir} has no checkpoint yet: training it from the start")
+
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     train_seconds = time.perf_counter() - start
     if not trainer.is_global_zero:
         return run_dir
 
     # The best checkpoint by val/dice; last.ckpt if validation never ran; the final weights if checkpointing is
     # off (fast_dev_run). The test split is scored once, here, with the code scripts/evaluate.py uses.
-    best = checkpoint.best_model_path or checkpoint.last_model_path or None
+    last = find_resume_checkpoint(run_dir)
+    best = checkpoint.best_model_path or (str(last) if last else None)
     if best:
         load_network_state(net, best)
     net.to(trainer.strategy.root_device)
@@ -321,6 +378,7 @@ def main(argv: list[str] | None = None) -> Path:
     result = evaluate_split(net, cfg, split="test")
     write_evaluation(result, run_dir, cfg.model.num_classes)
     metrics = collect_metrics(cfg, net, result.summary, run_dir, len(adapted), best, train_seconds, throughput)
+    metrics["resumed_from_step"] = checkpoint_step(resume_from) if resume_from is not None else None
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
     unit = metrics["distance_unit"]

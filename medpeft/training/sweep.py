@@ -2,7 +2,8 @@
 
 Each run is a subprocess ``python scripts/train.py --config BASE --set ...`` (so one crashing run is reported and
 the sweep goes on) writing to ``<out>/<method>/seed<seed>/<config stem>/<timestamp>/``. A combination whose folder
-already holds a ``metrics.json`` is skipped, so an interrupted sweep resumes where it stopped. At the end the
+already holds a ``metrics.json`` is skipped, and one whose run started but did not finish is continued with
+``scripts/train.py --resume`` from its last checkpoint, so an interrupted sweep resumes where it stopped. At the end the
 comparison of :mod:`medpeft.reports` is written to ``<out>/comparison/``.
 
 ``--method-config METHOD:FILE`` gives one method its own config instead of the base (how ``make demo`` runs the
@@ -71,8 +72,17 @@ class SweepRun:
     config: str
 
     def command(self) -> list[str]:
-        """The ``scripts/train.py`` command line of this run."""
+        """The ``scripts/train.py`` command line of this run: ``--resume`` when an unfinished run exists."""
+        unfinished = self.unfinished_run()
+        if unfinished is not None:
+            return [sys.executable, str(_TRAIN_SCRIPT), "--resume", str(unfinished)]
         return [sys.executable, str(_TRAIN_SCRIPT), "--config", self.config, "--set", *self.overrides]
+
+    def unfinished_run(self) -> Path | None:
+        """The newest run directory below :attr:`output_dir` that started (``config.yaml``) but did not finish."""
+        started = sorted(path.parent for path in self.output_dir.rglob("config.yaml"))
+        unfinished = [run for run in started if not (run / "metrics.json").is_file()]
+        return unfinished[-1] if unfinished else None
 
     def is_done(self) -> bool:
         """Whether a finished run (a ``metrics.json``) exists below :attr:`output_dir`."""
@@ -304,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         if skip:
             print(f"{head}: skip (done)", flush=True)
             continue
-        print(f"{head}: training -> {run.output_dir}", flush=True)
+        resuming = run.unfinished_run()
+        action = f"resuming {resuming}" if resuming else f"training -> {run.output_dir}"
+        print(f"{head}: {action}", flush=True)
         run_start = time.monotonic()
         status = subprocess.run(run.command(), check=False).returncode
         if status != 0:

@@ -172,10 +172,24 @@ def test_real_sweep_then_resume(sweep_script: ModuleType, tmp_path: Path, capsys
     with open(out / "comparison" / "comparison.csv", newline="") as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"tcurlora", "lora"} and rows["tcurlora"]["reference"] == "lora"
-    assert int(rows["lora"]["adapter_params"]) > int(rows["tcurlora"]["adapter_params"]) > 0  # rank 8 vs rank 1
+    assert (
+        int(rows["lora"]["adapter_params"]) > int(rows["tcurlora"]["adapter_params"]) > 0
+    )  # LoRA r 8 vs tCURLoRA r 8 (n3 r^2 each)
     assert (out / "comparison" / "pareto.png").is_file()
 
     assert sweep_script.main(args) == 0
     second = capsys.readouterr().out
     assert "0 to train" in second.splitlines()[0]
     assert second.count("skip (done)") == 3  # the plan line and one line per run
+
+
+def test_unfinished_run_is_resumed_not_restarted(tmp_path: Path) -> None:
+    runs, _ = plan_sweep(BASE, ["lora"], [0], [], [], tmp_path)
+    run = runs[0]
+    assert run.unfinished_run() is None and "--config" in run.command()
+    started = run.output_dir / "demo_tcur" / "20260101-000000"
+    started.mkdir(parents=True)
+    (started / "config.yaml").write_text("seed: 0\n")  # a run killed before it wrote metrics.json
+    assert run.command()[2:] == ["--resume", str(started)] and not run.is_done()
+    (started / "metrics.json").write_text("{}")
+    assert run.is_done() and run.unfinished_run() is None
