@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -122,3 +123,28 @@ def test_log_history_keeps_rows_before_the_step_and_appends(tmp_path: Path) -> N
 def test_resume_refuses_config_or_overrides(tmp_path: Path) -> None:
     done = _train(["--resume", str(tmp_path), "--set", "seed=1"])
     assert done.wait(timeout=120) == 2 and "drop --config and --set" in done.stdout.read()
+
+
+class _Payload:
+    """Unpickling this runs ``Path(marker).touch()``: what a malicious checkpoint would do with os.system."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("loader", ["evaluate", "resume"])
+def test_a_malicious_checkpoint_is_refused_not_executed(tmp_path: Path, loader: str) -> None:
+    from medpeft.evaluation.checkpoint import load_network_state
+
+    marker = tmp_path / "executed"
+    path = tmp_path / "last.ckpt"
+    torch.save({"global_step": 3, "state_dict": {"net.w": torch.zeros(1)}, "evil": _Payload(marker)}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        if loader == "evaluate":
+            load_network_state(torch.nn.Linear(1, 1), path)
+        else:
+            checkpoint_step(path)  # --resume reads the step this way before Lightning loads the file
+    assert not marker.exists()
