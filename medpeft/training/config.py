@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import os
 import re
@@ -96,6 +97,13 @@ class _FieldError(ValueError):
         self.key = key
         self.problem = problem
         self.hint = hint
+
+
+def _did_you_mean(key: str, allowed: list[str]) -> str:
+    """``"; did you mean 'x'? allowed: a, b, ..."`` (the suggestion only when a name is close, by difflib)."""
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    suggestion = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{suggestion}; allowed: {', '.join(allowed)}"
 
 
 def _require(ok: bool, key: str, problem: str) -> None:
@@ -497,7 +505,7 @@ def _build(cls: type, raw: Any, prefix: str, sources: _Sources) -> Any:
     for key in raw:
         if key not in fields:
             path = f"{prefix}.{key}" if prefix else str(key)
-            _fail(f"unknown key '{path}'", path, sources, hint=f"; allowed: {', '.join(fields)}")
+            _fail(f"unknown key '{path}'", path, sources, hint=_did_you_mean(str(key), list(fields)))
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         path = f"{prefix}.{name}" if prefix else name
@@ -544,7 +552,7 @@ def _apply_override(raw: dict[str, Any], text: str, sources: _Sources) -> None:
         if cls is not None:
             names = [f.name for f in dataclasses.fields(cls)]
             if part not in names:
-                raise ConfigError(f"unknown key '{path}' in override --set {text}; allowed: {', '.join(names)}")
+                raise ConfigError(f"unknown key '{path}' in override --set {text}{_did_you_mean(part, names)}")
             tp = typing.get_type_hints(cls)[part]
             cls = tp if dataclasses.is_dataclass(tp) else None
             if not last and cls is None and not (typing.get_origin(tp) is dict or tp is dict):

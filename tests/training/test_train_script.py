@@ -107,7 +107,7 @@ def test_config_error_exits_2_with_one_line(train_script, tmp_path: Path, capsys
         train_script.main(["--config", str(REPO / "configs" / "demo_lora.yaml"), "--set", "adapter.rnak=2"])
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "unknown key 'adapter.rnak'" in err
+    assert "\n" not in err and "unknown key 'adapter.rnak'" in err and "did you mean 'rank'?" in err
 
 
 def test_missing_isic_root_exits_2(train_script, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

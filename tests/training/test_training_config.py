@@ -77,6 +77,7 @@ def test_overrides_parse_types(config_file: Path) -> None:
 def test_unknown_key_names_path_file_and_allowed(config_file: Path) -> None:
     message = _error(config_file, text=MINIMAL.replace("  rank: 4", "  rnak: 4"))
     assert "unknown key 'adapter.rnak'" in message and str(config_file) in message
+    assert "did you mean 'rank'?" in message
     assert "allowed: method, targets" in message
 
 
