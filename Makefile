@@ -32,7 +32,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 benchmark: $(STAMP)
-	$(PY) scripts/benchmark_adapters.py
+	$(PY) scripts/benchmark.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,126 @@
+"""Benchmark records and their files: ``results.json`` (every record, the machine) and ``results.md`` (the table).
+
+One record per (encoder, method, device) with the keys the README and issue 11 name: ``trainable_params``,
+``adapter_params``, ``step_time_s`` (median) with ``step_time_iqr_s``, ``step_time_ratio_vs_decoder_only``,
+``step_time_ratio_vs_peft_lora``, ``peak_mem_mb``, ``peak_mem_ratio_vs_full``, ``merged_latency_s`` and
+``merged_latency_ratio_vs_plain`` (the plain network is ``decoder_only``'s: no adapter at all).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medpeft.io import write_text_atomic
+
+__all__ = ["build_records", "machine_facts", "render_markdown", "write_results"]
+
+
+def machine_facts(device: torch.device) -> dict[str, Any]:
+    """Where the figures were measured."""
+    facts: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+    return facts
+
+
+def _iqr(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[2] - q[0]
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or not reference else value / reference
+
+
+def build_records(
+    encoder: str,
+    device: torch.device,
+    settings: dict[str, Any],
+    params: dict[str, tuple[int, int]],
+    steps: dict[str, list[float]],
+    merged: dict[str, list[float]],
+    memory: dict[str, float | None],
+) -> list[dict[str, Any]]:
+    """One record per method of one encoder (ratios against the methods present; ``None`` where one is absent)."""
+    step = {m: statistics.median(v) for m, v in steps.items()}
+    latency = {m: statistics.median(v) for m, v in merged.items()}
+    records = []
+    for method, times in steps.items():
+        trainable, adapter = params[method]
+        records.append(
+            {
+                "encoder": encoder,
+                "method": method,
+                "device": str(device),
+                **settings,
+                "trainable_params": trainable,
+                "adapter_params": adapter,
+                "step_time_s": step[method],
+                "step_time_iqr_s": _iqr(times),
+                "step_time_ratio_vs_decoder_only": _ratio(step[method], step.get("decoder_only")),
+                "step_time_ratio_vs_peft_lora": _ratio(step[method], step.get("peft_lora")),
+                "peak_mem_mb": memory.get(method),
+                "peak_mem_ratio_vs_full": _ratio(memory.get(method), memory.get("full")),
+                "merged_latency_s": latency.get(method),
+                "merged_latency_ratio_vs_plain": _ratio(latency.get(method), latency.get("decoder_only")),
+            }
+        )
+    return records
+
+
+def _cell(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def render_markdown(records: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    """The results table, one row per record, and the machine it ran on."""
+    header = [
+        "encoder", "method", "trainable", "adapter", "step (s, median ± IQR)", "x decoder_only", "x peft LoRA",
+        "peak mem (MiB)", "x full", "merged fwd x plain",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for r in records:
+        cells = [
+            r["encoder"],
+            r["method"],
+            f"{r['trainable_params']:,d}",
+            f"{r['adapter_params']:,d}",
+            f"{r['step_time_s']:.3f} ± {r['step_time_iqr_s']:.3f}",
+            _cell(r["step_time_ratio_vs_decoder_only"], ".2f"),
+            _cell(r["step_time_ratio_vs_peft_lora"], ".2f"),
+            _cell(r["peak_mem_mb"], ".0f"),
+            _cell(r["peak_mem_ratio_vs_full"], ".2f"),
+            _cell(r["merged_latency_ratio_vs_plain"], ".3f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    first = records[0]
+    setting = (
+        f"{first['img_size']} px, batch {first['batch_size']}, {first['iters']} timed rounds after {first['warmup']}"
+    )
+    where = ", ".join(f"{k} {v}" for k, v in machine.items())
+    return f"Setting: {setting}. Machine: {where}.\n\n" + "\n".join(lines) + "\n"
+
+
+def write_results(records: list[dict[str, Any]], machine: dict[str, Any], out: str | os.PathLike[str]) -> list[Path]:
+    """Write ``<out>.json`` and ``<out>.md`` atomically; return their paths."""
+    base = Path(out)
+    json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
+    write_text_atomic(json_path, json.dumps({"machine": machine, "records": records}, indent=2) + "\n")
+    write_text_atomic(md_path, render_markdown(records, machine))
+    return [json_path, md_path]

@@ -1,0 +1,51 @@
+"""The benchmark (``scripts/benchmark.py``): records with the promised keys, peft's LoRA on exactly our LoRA's
+modules, ratios consistent with the timings, and a CPU peak-memory measure that sees what training allocates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from medpeft.benchmark import build_setup, main
+from medpeft.benchmark.measure import peak_training_memory_mb
+
+KEYS = {
+    "encoder", "method", "device", "trainable_params", "adapter_params", "step_time_s",
+    "step_time_ratio_vs_decoder_only", "step_time_ratio_vs_peft_lora", "peak_mem_ratio_vs_full",
+    "merged_latency_ratio_vs_plain",
+}  # fmt: skip
+
+
+def test_quick_benchmark_writes_consistent_records(tmp_path: Path) -> None:
+    records = main(["--quick", "--no-memory", "--out", str(tmp_path / "results")])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["records"] == json.loads(json.dumps(records)) and saved["machine"]["device"] == "cpu"
+    assert "| vit_tiny_patch16_224 | tcurlora |" in (tmp_path / "results.md").read_text()
+    by_method = {r["method"]: r for r in records}
+    assert set(by_method) == {"full", "decoder_only", "lora", "peft_lora", "trm", "tcurlora"}
+    assert all(KEYS <= set(r) for r in records)
+    assert by_method["lora"]["adapter_params"] == by_method["peft_lora"]["adapter_params"] > 0
+    assert by_method["decoder_only"]["step_time_ratio_vs_decoder_only"] == 1.0
+    lora = by_method["lora"]
+    assert lora["step_time_ratio_vs_peft_lora"] == pytest.approx(
+        lora["step_time_s"] / by_method["peft_lora"]["step_time_s"]
+    )
+    assert by_method["full"]["trainable_params"] > by_method["decoder_only"]["trainable_params"]
+
+
+def test_peft_lora_wraps_the_modules_our_lora_wraps() -> None:
+    ours = build_setup("vit_tiny_patch16_224", "lora", 32, torch.device("cpu"))
+    theirs = build_setup("vit_tiny_patch16_224", "peft_lora", 32, torch.device("cpu"))
+    ours_names = {n.removesuffix(".lora_A") for n, _ in ours.net.encoder.named_modules() if n.endswith(".lora_A")}
+    peft_names = {n.removesuffix(".lora_A") for n, _ in theirs.net.encoder.named_modules() if n.endswith(".lora_A")}
+    assert ours_names == peft_names and len(ours_names) == 4 * 12
+
+
+def test_cpu_peak_memory_sees_the_optimizer_state_of_full_finetuning() -> None:
+    full = peak_training_memory_mb("vit_tiny_patch16_224", "full", 32, 2, torch.device("cpu"))
+    frozen = peak_training_memory_mb("vit_tiny_patch16_224", "decoder_only", 32, 2, torch.device("cpu"))
+    # full adds gradients and two AdamW moments for 5.5 M encoder weights: 3 x 4 bytes x 5.5 M = 63 MiB
+    assert full - frozen > 40
