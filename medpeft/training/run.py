@@ -129,12 +129,23 @@ def _check_same_split(datamodule: SegmentationDataModule, run_dir: Path) -> None
 
 
 def make_run_dir(output_dir: str | os.PathLike[str], name: str) -> Path:
-    """Create and return ``<output_dir>/<name>/<YYYYmmdd-HHMMSS>``, adding ``-1``, ``-2``, ... if it exists."""
+    """Create and return ``<output_dir>/<name>/<YYYYmmdd-HHMMSS>``, adding ``-1``, ``-2``, ... if it exists.
+
+    Under a multi-task SLURM job (``srun``, ``SLURM_NTASKS > 1``) the folder is ``<output_dir>/<name>/slurm-<job id>``
+    for every task, so that all ranks of the job write to one run directory.
+    """
     inherited = os.environ.get(_RUN_DIR_ENV)
     if inherited and int(os.environ.get("LOCAL_RANK", "0")) > 0:
         return Path(inherited)
     parent = Path(output_dir) / name
     parent.mkdir(parents=True, exist_ok=True)
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        # srun starts every task itself (no launcher to pass rank 0's folder on): all tasks of a job share one
+        run_dir = parent / f"slurm-{job}"
+        run_dir.mkdir(exist_ok=True)
+        os.environ[_RUN_DIR_ENV] = str(run_dir)
+        return run_dir
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for attempt in range(1000):
         run_dir = parent / (stamp if attempt == 0 else f"{stamp}-{attempt}")

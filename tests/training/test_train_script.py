@@ -149,3 +149,13 @@ def test_run_dirs_never_collide(tmp_path: Path) -> None:
     first, second = make_run_dir(tmp_path, "exp"), make_run_dir(tmp_path, "exp")
     assert first != second and first.parent == second.parent == tmp_path / "exp"
     assert first.is_dir() and second.is_dir()
+
+
+def test_tasks_of_one_slurm_job_share_a_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.delenv("MEDPEFT_RUN_DIR", raising=False)
+    first, second = make_run_dir(tmp_path, "exp"), make_run_dir(tmp_path, "exp")  # two srun tasks
+    assert first == second == tmp_path / "exp" / "slurm-4242" and first.is_dir()
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task (an interactive allocation): timestamped as usual
+    assert make_run_dir(tmp_path, "exp").name != "slurm-4242"
