@@ -37,6 +37,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
 from medpeft.adapters import save_adapter
@@ -141,7 +142,7 @@ def make_run_dir(output_dir: str | os.PathLike[str], name: str) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     job = os.environ.get("SLURM_JOB_ID")
     if job and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        # srun starts every task itself (no launcher to pass rank 0's folder on): all tasks of a job share one
+        # srun starts every task itself (no launcher hands rank 0's folder on), so the job id names the folder
         run_dir = parent / f"slurm-{job}"
         run_dir.mkdir(exist_ok=True)
         os.environ[_RUN_DIR_ENV] = str(run_dir)
@@ -215,8 +216,8 @@ def _build_datamodule(cfg: Config) -> SegmentationDataModule:
 def build_trainer(cfg: Config, run_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
     """Return the Trainer of a run and its checkpoint callback (best by ``val/dice`` plus ``last.ckpt``).
 
-    ``last.ckpt`` is written after every validation, every ``checkpoint_every_n_steps`` optimizer steps and when
-    ``fit`` raises (:mod:`medpeft.training.resume`).
+    ``last.ckpt`` is written after every validation, every ``checkpoint_every_n_steps`` optimizer steps, at the end
+    of training and when ``fit`` raises (:mod:`medpeft.training.resume`).
 
     Logs go to ``run_dir/csv`` and ``run_dir/tensorboard``; gradients are clipped by norm at ``optim.grad_clip``;
     the ``trainer`` section is completed by :func:`trainer_options`.
@@ -364,10 +365,11 @@ def main(argv: list[str] | None = None) -> Path:
     trainer.callbacks.append(throughput)
 
     resume_from = find_resume_checkpoint(run_dir) if resume_dir is not None else None
+    resumed_step = None if resume_from is None else checkpoint_step(resume_from)
     if resume_from is not None:
-        step = checkpoint_step(resume_from)
-        kept = restore_log_history(trainer.loggers[0], before_step=step)
-        print(f"resuming {run_dir} from optimizer step {step} ({resume_from}; {kept} log rows kept)")
+        # only rank 0 writes logs; another rank rewriting metrics.csv could race with it
+        kept = restore_log_history(trainer.loggers[0], before_step=resumed_step) if rank_zero_only.rank == 0 else 0
+        print(f"resuming {run_dir} from optimizer step {resumed_step} ({resume_from}; {kept} log rows kept)")
     elif resume_dir is not None:
         print(f"{run_dir} has no checkpoint yet: training it from the start")
 
@@ -389,7 +391,7 @@ def main(argv: list[str] | None = None) -> Path:
     result = evaluate_split(net, cfg, split="test")
     write_evaluation(result, run_dir, cfg.model.num_classes)
     metrics = collect_metrics(cfg, net, result.summary, run_dir, len(adapted), best, train_seconds, throughput)
-    metrics["resumed_from_step"] = checkpoint_step(resume_from) if resume_from is not None else None
+    metrics["resumed_from_step"] = resumed_step  # last.ckpt now holds the final state
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
     unit = metrics["distance_unit"]

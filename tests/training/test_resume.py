@@ -95,6 +95,7 @@ def test_sigkilled_run_resumes_without_losing_or_repeating_a_step(demo_root: Pat
         loss for step, loss in whole if step < resumed_from
     ]
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == resumed_from
     reference_metrics = json.loads((_run_dir(tmp_path / "whole") / "metrics.json").read_text())
     assert metrics["n_test_cases"] == reference_metrics["n_test_cases"]
     # after the resume the loader's shuffle restarts from the seed: same data, other order (module docstring);
