@@ -29,11 +29,11 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from medpeft.evaluation.checkpoint import find_run_checkpoint, load_network_state  # noqa: E402
+from medpeft.experiment.config import load_config  # noqa: E402
+from medpeft.experiment.network import segmenter_from_config  # noqa: E402
 from medpeft.io import atomic_output  # noqa: E402
 from medpeft.models.pretrained import DECODER_PREFIX, encoder_state_dict_for_timm  # noqa: E402
-from medpeft.training.config import load_config  # noqa: E402
 from medpeft.training.run import main as train_main  # noqa: E402
-from medpeft.training.network import segmenter_from_config  # noqa: E402
 
 __all__ = ["export_encoder", "main"]
 

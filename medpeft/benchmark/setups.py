@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from medpeft.adapters import inject_adapters, merge_adapters
+from medpeft.experiment.config import AdapterConfig
+from medpeft.experiment.network import apply_finetuning
 from medpeft.models import build_segmenter, count_parameters
-from medpeft.training.config import AdapterConfig
 from medpeft.training.module import SegmentationModule
-from medpeft.training.network import apply_finetuning
 
 __all__ = ["METHODS", "MethodSetup", "build_setup", "default_targets"]
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from medpeft.training.config import Config
-from medpeft.training.network import apply_finetuning, segmenter_from_config
+from medpeft.experiment.config import Config
+from medpeft.experiment.network import apply_finetuning, segmenter_from_config
 
 __all__ = ["find_run_checkpoint", "load_network_state", "load_trained_network"]
 

@@ -19,9 +19,9 @@ from medpeft.data import DatasetNotFoundError
 from medpeft.evaluation.checkpoint import find_run_checkpoint, load_trained_network
 from medpeft.evaluation.evaluator import evaluate_split
 from medpeft.evaluation.report import write_evaluation
+from medpeft.experiment.config import ConfigError, load_config
 from medpeft.metrics import PROTOCOLS
 from medpeft.models import PretrainedWeightsError
-from medpeft.training.config import ConfigError, load_config
 
 __all__ = ["build_parser", "main"]
 

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from medpeft.data import VOLUME_DATASETS, build_dataset, build_volume_dataset, dataset_info
 from medpeft.evaluation.inference import predict_images, predict_volume
+from medpeft.experiment.config import Config
 from medpeft.metrics import Protocol, case_scores, distance_unit, summarize_scores
-from medpeft.training.config import Config
 
 __all__ = ["CaseView", "EvaluationResult", "evaluate_split"]
 

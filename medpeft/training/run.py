@@ -46,9 +46,7 @@ from medpeft.data import DatasetNotFoundError, SegmentationDataModule
 from medpeft.evaluation.checkpoint import load_network_state
 from medpeft.evaluation.evaluator import evaluate_split
 from medpeft.evaluation.report import json_safe, write_evaluation
-from medpeft.metrics import efficiency_figures
-from medpeft.models import PretrainedWeightsError
-from medpeft.training.config import (
+from medpeft.experiment.config import (
     PEFT_METHODS,
     Config,
     ConfigError,
@@ -56,8 +54,10 @@ from medpeft.training.config import (
     save_config,
     write_text_atomic,
 )
+from medpeft.experiment.network import apply_finetuning, segmenter_from_config
+from medpeft.metrics import efficiency_figures
+from medpeft.models import PretrainedWeightsError
 from medpeft.training.module import SegmentationModule
-from medpeft.training.network import apply_finetuning, segmenter_from_config
 from medpeft.training.resume import LastCheckpoint, checkpoint_step, find_resume_checkpoint, restore_log_history
 from medpeft.training.throughput import TrainingThroughput
 

@@ -36,10 +36,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from medpeft.cli import exit_with_error
+from medpeft.experiment.config import PEFT_METHODS, ConfigError, load_config
 from medpeft.reports.compare import compare
 from medpeft.reports.runs import ComparisonError
 from medpeft.reports.tables import render_markdown
-from medpeft.training.config import PEFT_METHODS, ConfigError, load_config
 
 __all__ = ["DEFAULT_RANKS", "SWEEP_METHODS", "SweepRun", "build_parser", "main", "plan_sweep"]
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from medpeft.data.augmentation import DATASET_POLICIES, POLICIES, AlbumentationsD, resolve_augmentation
 from medpeft.data.transforms import build_transforms
-from medpeft.training.config import ConfigError, load_config
+from medpeft.experiment.config import ConfigError, load_config
 
 
 def _sample(channels: int = 1, size: int = 32) -> dict[str, torch.Tensor]:

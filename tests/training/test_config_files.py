@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medpeft.training.config import load_config
+from medpeft.experiment.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FAMILIES = ("isic", "busi", "acdc", "synapse", "demo")

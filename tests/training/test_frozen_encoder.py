@@ -11,10 +11,10 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from medpeft.adapters import adapter_parameters, load_adapter, save_adapter
+from medpeft.experiment.config import AdapterConfig
+from medpeft.experiment.network import apply_finetuning
 from medpeft.models import build_segmenter, encoder_state_dict_for_timm
-from medpeft.training.config import AdapterConfig
 from medpeft.training.module import SegmentationModule
-from medpeft.training.network import apply_finetuning
 
 ADAPTER_OPTIONS = {
     "decoder_only": {},

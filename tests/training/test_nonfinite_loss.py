@@ -7,8 +7,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from medpeft.experiment.config import OptimConfig
 from medpeft.models import build_segmenter
-from medpeft.training.config import OptimConfig
 from medpeft.training.module import NonFiniteLossError, SegmentationModule
 
 

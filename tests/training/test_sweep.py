@@ -12,8 +12,8 @@ from types import ModuleType
 import pytest
 
 from medpeft.data import generate_demo_isic
+from medpeft.experiment.config import ConfigError, load_config
 from medpeft.training import sweep
-from medpeft.training.config import ConfigError, load_config
 from medpeft.training.sweep import plan_sweep
 
 REPO = Path(__file__).resolve().parents[2]

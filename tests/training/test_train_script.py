@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from medpeft.data import generate_demo_isic
-from medpeft.training.config import load_config
+from medpeft.experiment.config import load_config
 from medpeft.training.module import warmup_cosine
 from medpeft.training.run import make_run_dir, trainer_options
 

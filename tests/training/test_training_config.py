@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medpeft.training.config import Config, ConfigError, load_config, save_config
+from medpeft.experiment.config import Config, ConfigError, load_config, save_config
 
 MINIMAL = """\
 data:

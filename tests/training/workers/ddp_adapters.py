@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
+from medpeft.experiment.config import AdapterConfig
+from medpeft.experiment.network import apply_finetuning
 from medpeft.models import build_segmenter
-from medpeft.training.config import AdapterConfig
 from medpeft.training.module import SegmentationModule
-from medpeft.training.network import apply_finetuning
 
 OPTIONS = {"lora": {"rank": 2}, "trm": {"rank": 2}, "tcurlora": {"rank": 2}}
 

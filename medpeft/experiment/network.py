@@ -9,8 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from medpeft.adapters import inject_adapters
+from medpeft.experiment.config import AdapterConfig, Config
 from medpeft.models import build_segmenter
-from medpeft.training.config import AdapterConfig, Config
 
 __all__ = ["apply_finetuning", "segmenter_from_config"]
 
