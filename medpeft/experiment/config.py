@@ -44,6 +44,7 @@ __all__ = [
     "OptimConfig",
     "PEFT_METHODS",
     "RESERVED_TRAINER_KEYS",
+    "config_from_text",
     "load_config",
     "save_config",
     "write_text_atomic",
@@ -599,6 +600,17 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
     for text in overrides:
         _apply_override(raw, text, sources)
     return _build(Config, raw, "", sources)
+
+
+def config_from_text(text: str, source: str) -> Config:
+    """Validate a config held as YAML text (e.g. inside a task file); ``source`` names it in error messages."""
+    try:
+        raw = _parse(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source} does not hold a valid YAML config: {' '.join(str(err).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} must hold a mapping of config sections")
+    return _build(Config, raw, "", _Sources(source))
 
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:

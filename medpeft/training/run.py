@@ -11,6 +11,7 @@ and write ``metrics.json``. The run directory ``<output_dir>/<config stem>/<YYYY
                                                                          from last.ckpt: medpeft.training.resume)
     csv/metrics.csv       per-step and per-epoch logs (plus tensorboard/ event files)
     adapter.safetensors   adapter weights of the best checkpoint (PEFT methods only)   at the end
+    task.safetensors      everything trained + how to rebuild it (medpeft.experiment.task_file)   at the end
     per_case.csv          test scores per case and class                               at the end, atomically
     summary.json          mean ± std per class and overall, definitions, exclusions    at the end, atomically
     overlays/*.png        best, median and worst test case                             at the end
@@ -55,6 +56,7 @@ from medpeft.experiment.config import (
     write_text_atomic,
 )
 from medpeft.experiment.network import apply_finetuning, segmenter_from_config
+from medpeft.experiment.task_file import save_task
 from medpeft.metrics import efficiency_figures
 from medpeft.models import PretrainedWeightsError
 from medpeft.training.module import SegmentationModule
@@ -388,10 +390,12 @@ def main(argv: list[str] | None = None) -> Path:
     net.to(trainer.strategy.root_device)
     if cfg.adapter.method in PEFT_METHODS:
         save_adapter(net.encoder, run_dir / "adapter.safetensors", norm_stats=cfg.adapter.adapt_norm)
+    task_file_bytes = save_task(net, cfg, run_dir / "task.safetensors")
     result = evaluate_split(net, cfg, split="test")
     write_evaluation(result, run_dir, cfg.model.num_classes)
     metrics = collect_metrics(cfg, net, result.summary, run_dir, len(adapted), best, train_seconds, throughput)
     metrics["resumed_from_step"] = resumed_step  # last.ckpt now holds the final state
+    metrics["task_file_bytes"] = task_file_bytes
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
     unit = metrics["distance_unit"]

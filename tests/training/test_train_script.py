@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from medpeft.data import generate_demo_isic
+from medpeft.evaluation.checkpoint import load_trained_network
 from medpeft.experiment.config import load_config
+from medpeft.experiment.task_file import load_task
 from medpeft.training.module import warmup_cosine
 from medpeft.training.run import make_run_dir, trainer_options
 
@@ -92,6 +94,13 @@ def test_tiny_run_per_mode(
     assert (run_dir / metrics["best_checkpoint"]).is_file() and "best-" in Path(metrics["best_checkpoint"]).name
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "split.json").is_file()
     assert load_config(run_dir / "config.yaml").adapter.method == method
+
+    # the task file (here with the whole encoder: model.pretrained is false) rebuilds the run's network exactly
+    task_net, _ = load_task(run_dir / "task.safetensors")
+    run_net = load_trained_network(load_config(run_dir / "config.yaml"), run_dir / metrics["best_checkpoint"])
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(task_net(x), run_net(x), rtol=0, atol=0)
 
     peft = method in ("lora", "trm", "tcurlora")
     assert (run_dir / "adapter.safetensors").is_file() == peft

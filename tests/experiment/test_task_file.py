@@ -1,0 +1,77 @@
+"""Task files: a run's trained tensors plus its config; rebuilt, they give exactly the run's own outputs, and they
+refuse base encoder weights other than those the run trained on."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from medpeft.data import generate_demo_isic
+from medpeft.evaluation.checkpoint import find_run_checkpoint, load_trained_network
+from medpeft.experiment import load_config
+from medpeft.experiment.task_file import TaskFileError, load_task, read_task_metadata
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "data.image_size=32", "data.batch_size=4", "data.augmentation=none", "trainer.max_steps=3",
+    "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0",
+    "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "optim.encoder_lr=0.1",
+]  # fmt: skip
+
+
+def _train(config: str, overrides: list[str]) -> Path:
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(["--config", str(REPO / "configs" / config), "--set", *overrides])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("task")
+    pretrained = base / "encoder.safetensors"
+    shutil.copy(REPO / "checkpoints" / "demo_source_vit_tiny.safetensors", pretrained)
+    root = generate_demo_isic(base / "demo")
+    overrides = [*TINY, f"data.root={root}", f"output_dir={base / 'runs'}", f"model.pretrained={pretrained}"]
+    return _train("demo_tcur.yaml", overrides), pretrained
+
+
+def test_task_file_rebuilds_exactly_the_runs_network(run: tuple[Path, Path]) -> None:
+    run_dir, _ = run
+    task = run_dir / "task.safetensors"
+    net, cfg = load_task(task)
+    reference = load_trained_network(load_config(run_dir / "config.yaml"), find_run_checkpoint(run_dir))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), reference(x), rtol=0, atol=0)
+    assert cfg.adapter.method == "tcurlora" and read_task_metadata(task)["class_names"] == ["background", "lesion"]
+    assert not any(key.startswith("encoder.") for key in load_file(task))  # the base encoder stays out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    checkpoint_bytes = find_run_checkpoint(run_dir).stat().st_size
+    assert metrics["task_file_bytes"] == task.stat().st_size < checkpoint_bytes / 20
+
+
+def test_task_file_refuses_other_base_weights(run: tuple[Path, Path], tmp_path: Path) -> None:
+    run_dir, pretrained = run
+    original = pretrained.read_bytes()
+    try:
+        tensors = load_file(pretrained)
+        key = next(iter(tensors))
+        tensors[key] = tensors[key] + 1  # another encoder under the same name
+        save_file(tensors, str(pretrained))
+        with pytest.raises(TaskFileError, match="SHA-256 .* now has"):
+            load_task(run_dir / "task.safetensors")
+    finally:
+        pretrained.write_bytes(original)
+
+
+def test_not_a_task_file_is_named(tmp_path: Path) -> None:
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(TaskFileError, match="plain.safetensors is not a medpeft task file"):
+        load_task(tmp_path / "plain.safetensors")
