@@ -16,6 +16,7 @@ LAYERS = [
     "metrics",
     "experiment",
     "evaluation",
+    "prediction",
     "reports",
     "training",
     "benchmark",

@@ -1,0 +1,98 @@
+"""The command behind ``scripts/predict.py``: segment new 2D images with a run or a task file.
+
+Example:
+    .. code-block:: bash
+
+        python scripts/predict.py --task runs/demo_lora/20261130-151739/task.safetensors --input photos/ --out masks/
+        python scripts/predict.py --run runs/demo_lora/20261130-151739 --input photo.jpg --out masks/
+
+``--run`` rebuilds the run's network from its best checkpoint, ``--task`` from a task file alone (plus the
+pretrained encoder file it names); both give the same masks. One PNG per input image, ``<out>/<image stem>.png``,
+at the image's own size. An unreadable image is reported and skipped; the failures are listed at the end and the
+exit status is then 1. 3D volumes (NIfTI) are not handled yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from medpeft.cli import exit_with_error
+from medpeft.data import CaseFileError
+from medpeft.evaluation.checkpoint import find_run_checkpoint, load_trained_network
+from medpeft.experiment import Config, ConfigError, load_config
+from medpeft.experiment.task_file import TaskFileError, load_task
+from medpeft.prediction.images import IMAGE_SUFFIXES, load_network_input, predict_image, write_mask
+
+__all__ = ["build_parser", "list_inputs", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser of ``scripts/predict.py``."""
+    parser = argparse.ArgumentParser(
+        prog="predict.py",
+        description=(
+            "Segment new 2D images (PNG/JPEG) with a trained run or a task file; writes one mask PNG per image at "
+            "its own size (0/255 for binary tasks, class ids otherwise) to --out. Exit status 1 if an image failed."
+        ),
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="RUN_DIR", help="a run directory of scripts/train.py (its best checkpoint)")
+    source.add_argument("--task", metavar="FILE", help="a task file (task.safetensors of a run)")
+    parser.add_argument("--input", required=True, metavar="FILE_OR_DIR", help="an image, or a folder of images")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder for the masks")
+    parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N")
+    return parser
+
+
+def list_inputs(path: Path) -> list[Path]:
+    """The image files to segment: ``path`` itself, or the images directly inside the folder, sorted."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"--input {path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"--input {path}: no {'/'.join(IMAGE_SUFFIXES)} files in this folder")
+    return files
+
+
+def _load(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, Config]:
+    if args.task:
+        return load_task(args.task, device)
+    run = Path(args.run)
+    cfg = load_config(run / "config.yaml")
+    return load_trained_network(cfg, find_run_checkpoint(run)).to(device), cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; return the exit status (0, or 1 when an image failed)."""
+    args = build_parser().parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    try:
+        inputs = list_inputs(Path(args.input))
+        volumes = [p for p in inputs if p.name.endswith((".nii", ".nii.gz"))]
+        if volumes:
+            exit_with_error(f"{volumes[0]}: NIfTI volumes are not handled by predict.py yet (2D PNG/JPEG only)")
+        net, cfg = _load(args, device)
+    except (FileNotFoundError, ConfigError, TaskFileError, ValueError) as err:
+        exit_with_error(str(err))
+    out = Path(args.out)
+    failures: list[str] = []
+    for path in tqdm(inputs, desc="predict", unit="image"):
+        try:
+            image, size = load_network_input(path, cfg.data.image_size, cfg.model.in_channels)
+        except CaseFileError as err:
+            failures.append(str(err))
+            continue
+        write_mask(predict_image(net, image, size), cfg.model.num_classes, out / f"{path.stem}.png")
+    print(f"{len(inputs) - len(failures)} of {len(inputs)} masks written to {out}")
+    if failures:
+        print(f"{len(failures)} failed:\n" + "\n".join(f"  {failure}" for failure in failures), file=sys.stderr)
+        return 1
+    return 0

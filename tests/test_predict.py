@@ -1,0 +1,85 @@
+"""``scripts/predict.py``: masks at each input's own size, the same from a task file as from the run's checkpoint,
+and an unreadable image reported without stopping the others."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medpeft.data import generate_demo_isic
+from medpeft.evaluation.checkpoint import find_run_checkpoint, load_trained_network
+from medpeft.experiment import load_config
+from medpeft.prediction import load_network_input, main, predict_image
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.image_size=32", "data.batch_size=4", "data.augmentation=none", "model.pretrained=false",
+    "trainer.max_steps=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+    "trainer.num_sanity_val_steps=0", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("predict")
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    root = generate_demo_isic(base / "demo")
+    overrides = [*TINY, f"data.root={root}", f"output_dir={base / 'runs'}"]
+    return train.main(["--config", str(REPO / "configs" / "demo_lora.yaml"), "--set", *overrides])
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (37, 50, 3), dtype=np.uint8)).save(folder / "wide.png")
+    Image.fromarray(rng.integers(0, 255, (64, 20, 3), dtype=np.uint8)).save(folder / "tall.jpg", quality=90)
+    return folder
+
+
+def test_masks_have_the_inputs_size_and_match_between_task_and_run(run: Path, images: Path, tmp_path: Path) -> None:
+    assert main(["--task", str(run / "task.safetensors"), "--input", str(images), "--out", str(tmp_path / "a")]) == 0
+    assert main(["--run", str(run), "--input", str(images), "--out", str(tmp_path / "b"), "--device", "cpu"]) == 0
+    for name, size in (("wide", (50, 37)), ("tall", (20, 64))):
+        with Image.open(tmp_path / "a" / f"{name}.png") as a, Image.open(tmp_path / "b" / f"{name}.png") as b:
+            assert a.size == b.size == size and a.mode == "L"
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+            assert set(np.unique(np.asarray(a))) <= {0, 255}
+
+
+def test_prediction_is_the_networks_argmax_at_native_size(run: Path, images: Path) -> None:
+    """Hand-check one image: logits at 32 px, bilinear to 37 x 50, argmax."""
+    net = load_trained_network(load_config(run / "config.yaml"), find_run_checkpoint(run))
+    image, size = load_network_input(images / "wide.png", 32, 3)
+    assert image.shape == (3, 32, 32) and size == (37, 50) and 0.0 <= image.min() and image.max() <= 1.0
+    with torch.no_grad():
+        logits = torch.nn.functional.interpolate(net(image[None]), size=(37, 50), mode="bilinear")
+    assert np.array_equal(predict_image(net, image, size), logits.argmax(1)[0].numpy().astype(np.uint8))
+
+
+def test_an_unreadable_image_is_listed_and_the_rest_written(run: Path, images: Path, tmp_path: Path, capsys) -> None:
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    status = main(["--task", str(run / "task.safetensors"), "--input", str(images), "--out", str(tmp_path / "c")])
+    assert status == 1 and sorted(p.name for p in (tmp_path / "c").iterdir()) == ["tall.png", "wide.png"]
+    assert "broken.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("dataset", "channels"), [("demo", 3)])
+def test_network_input_is_what_evaluation_feeds(tmp_path: Path, dataset: str, channels: int) -> None:
+    from medpeft.data import build_dataset
+
+    root = generate_demo_isic(tmp_path / "demo")
+    test = build_dataset(dataset, root, split="test", image_size=32)
+    record = test.data[0]
+    image, size = load_network_input(record["image"], 32, channels)
+    torch.testing.assert_close(image, test[0]["image"], rtol=0, atol=0)
+    with Image.open(record["image"]) as original:
+        assert size == (original.height, original.width)
