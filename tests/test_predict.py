@@ -83,3 +83,39 @@ def test_network_input_is_what_evaluation_feeds(tmp_path: Path, dataset: str, ch
     torch.testing.assert_close(image, test[0]["image"], rtol=0, atol=0)
     with Image.open(record["image"]) as original:
         assert size == (original.height, original.width)
+
+
+def test_nifti_mask_keeps_the_inputs_grid_affine_and_header(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from medpeft.data.volumes import percentile_normalise
+    from medpeft.evaluation.inference import predict_volume
+    from medpeft.models import build_segmenter
+    from medpeft.prediction.volumes import predict_nifti
+
+    cfg = load_config(REPO / "configs" / "acdc_lora.yaml", ["data.image_size=32", "model.pretrained=false"])
+    torch.manual_seed(0)
+    net = build_segmenter("resnet18", in_channels=1, num_classes=cfg.model.num_classes, img_size=32).eval()
+    data = np.random.default_rng(0).integers(0, 800, (40, 30, 5)).astype(np.int16)  # (X, Y, Z), scanner units
+    affine = np.array([[-1.4, 0, 0, 90.0], [0, 1.4, 0.1, -80.0], [0, 0, 8.0, 12.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "patient.nii.gz"))
+
+    out = predict_nifti(net, cfg, tmp_path / "patient.nii.gz", tmp_path / "out" / "patient.nii.gz")
+    mask = nib.load(out)
+    assert mask.shape == (40, 30, 5) and np.allclose(mask.affine, affine)
+    assert mask.header.get_zooms() == nib.load(tmp_path / "patient.nii.gz").header.get_zooms()
+    labels = np.asarray(mask.dataobj)
+    assert labels.dtype == np.uint8
+    expected = predict_volume(net, torch.from_numpy(percentile_normalise(data.transpose(2, 1, 0))), 32, 1)
+    assert np.array_equal(labels, expected.numpy().astype(np.uint8).transpose(2, 1, 0))
+
+
+def test_a_2d_network_refuses_a_volume_and_says_why(run: Path, tmp_path: Path, capsys) -> None:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.int16), np.eye(4)), str(tmp_path / "v.nii.gz"))
+    assert (
+        main(["--task", str(run / "task.safetensors"), "--input", str(tmp_path / "v.nii.gz"), "--out", str(tmp_path)])
+        == 1
+    )
+    assert "segments 2D images" in capsys.readouterr().err

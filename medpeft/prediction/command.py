@@ -1,4 +1,4 @@
-"""The command behind ``scripts/predict.py``: segment new 2D images with a run or a task file.
+"""The command behind ``scripts/predict.py``: segment new images or volumes with a run or a task file.
 
 Example:
     .. code-block:: bash
@@ -8,8 +8,9 @@ Example:
 
 ``--run`` rebuilds the run's network from its best checkpoint, ``--task`` from a task file alone (plus the
 pretrained encoder file it names); both give the same masks. One PNG per input image, ``<out>/<image stem>.png``,
-at the image's own size. An unreadable image is reported and skipped; the failures are listed at the end and the
-exit status is then 1. 3D volumes (NIfTI) are not handled yet.
+at the image's own size; one ``<out>/<stem>.nii.gz`` per NIfTI volume, on the input's voxel grid with its affine and
+header (a network trained on ACDC or Synapse). An unreadable input is reported and skipped; the failures are listed
+at the end and the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from medpeft.evaluation.checkpoint import find_run_checkpoint, load_trained_netw
 from medpeft.experiment import Config, ConfigError, load_config
 from medpeft.experiment.task_file import TaskFileError, load_task
 from medpeft.prediction.images import IMAGE_SUFFIXES, load_network_input, predict_image, write_mask
+from medpeft.prediction.volumes import NIFTI_SUFFIXES, nifti_stem, predict_nifti
 
 __all__ = ["build_parser", "list_inputs", "main"]
 
@@ -37,14 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="predict.py",
         description=(
-            "Segment new 2D images (PNG/JPEG) with a trained run or a task file; writes one mask PNG per image at "
-            "its own size (0/255 for binary tasks, class ids otherwise) to --out. Exit status 1 if an image failed."
+            "Segment new images (PNG/JPEG) or volumes (NIfTI) with a trained run or a task file; writes one mask per "
+            "input at its own size (PNG: 0/255 for binary tasks, class ids otherwise; NIfTI: class ids on the input's "
+            "grid, affine and header) to --out. Exit status 1 if an input failed."
         ),
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", metavar="RUN_DIR", help="a run directory of scripts/train.py (its best checkpoint)")
     source.add_argument("--task", metavar="FILE", help="a task file (task.safetensors of a run)")
-    parser.add_argument("--input", required=True, metavar="FILE_OR_DIR", help="an image, or a folder of images")
+    parser.add_argument(
+        "--input", required=True, metavar="FILE_OR_DIR", help="an image or volume, or a folder of them"
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for the masks")
     parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N")
     return parser
@@ -56,9 +61,10 @@ def list_inputs(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"--input {path}: no such file or folder")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    suffixes = IMAGE_SUFFIXES + NIFTI_SUFFIXES
+    files = sorted(p for p in path.iterdir() if p.name.lower().endswith(suffixes))
     if not files:
-        raise FileNotFoundError(f"--input {path}: no {'/'.join(IMAGE_SUFFIXES)} files in this folder")
+        raise FileNotFoundError(f"--input {path}: no {'/'.join(suffixes)} files in this folder")
     return files
 
 
@@ -76,18 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     try:
         inputs = list_inputs(Path(args.input))
-        volumes = [p for p in inputs if p.name.endswith((".nii", ".nii.gz"))]
-        if volumes:
-            exit_with_error(f"{volumes[0]}: NIfTI volumes are not handled by predict.py yet (2D PNG/JPEG only)")
         net, cfg = _load(args, device)
     except (FileNotFoundError, ConfigError, TaskFileError, ValueError) as err:
         exit_with_error(str(err))
     out = Path(args.out)
     failures: list[str] = []
-    for path in tqdm(inputs, desc="predict", unit="image"):
+    for path in tqdm(inputs, desc="predict", unit="file"):
         try:
+            if path.name.lower().endswith(NIFTI_SUFFIXES):
+                predict_nifti(net, cfg, path, out / f"{nifti_stem(path)}.nii.gz")
+                continue
             image, size = load_network_input(path, cfg.data.image_size, cfg.model.in_channels)
-        except CaseFileError as err:
+        except (CaseFileError, ValueError) as err:
             failures.append(str(err))
             continue
         write_mask(predict_image(net, image, size), cfg.model.num_classes, out / f"{path.stem}.png")
