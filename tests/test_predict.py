@@ -119,3 +119,44 @@ def test_a_2d_network_refuses_a_volume_and_says_why(run: Path, tmp_path: Path, c
         == 1
     )
     assert "segments 2D images" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def two_tasks(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two LoRA runs (seeds 0 and 1) and a tCURLoRA run on one pretrained encoder file."""
+    import shutil
+
+    base = tmp_path_factory.mktemp("swap")
+    pretrained = base / "encoder.safetensors"
+    shutil.copy(REPO / "checkpoints" / "demo_source_vit_tiny.safetensors", pretrained)
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    root = generate_demo_isic(base / "demo")
+    common = [*TINY[:3], *TINY[4:], f"data.root={root}", f"model.pretrained={pretrained}", "optim.encoder_lr=0.05"]
+    runs = []
+    for config, seed in (("demo_lora.yaml", 0), ("demo_lora.yaml", 1), ("demo_tcur.yaml", 0)):
+        overrides = [*common, f"seed={seed}", f"output_dir={base / f'runs{seed}'}"]
+        runs.append(train.main(["--config", str(REPO / "configs" / config), "--set", *overrides]) / "task.safetensors")
+    return runs
+
+
+def test_swapping_task_files_on_one_encoder_equals_loading_each(two_tasks: list[Path], images: Path, tmp_path: Path):
+    first, second, _ = two_tasks
+    assert (
+        main(["--task", str(first), "--task", str(second), "--input", str(images), "--out", str(tmp_path / "s")]) == 0
+    )
+    assert main(["--task", str(second), "--input", str(images), "--out", str(tmp_path / "alone")]) == 0
+    swapped = tmp_path / "s" / second.parent.name
+    assert (tmp_path / "s" / first.parent.name / "wide.png").is_file()
+    for name in ("wide.png", "tall.png"):
+        with Image.open(swapped / name) as a, Image.open(tmp_path / "alone" / name) as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_task_of_another_adapter_cannot_share_the_network(two_tasks: list[Path]) -> None:
+    from medpeft.experiment.task_file import TaskFileError, load_task, swap_task
+
+    net, cfg = load_task(two_tasks[0])
+    with pytest.raises(TaskFileError, match="adapter section"):
+        swap_task(net, cfg, two_tasks[2])

@@ -35,7 +35,15 @@ from medpeft.experiment.config import PEFT_METHODS, Config, config_from_text
 from medpeft.experiment.network import apply_finetuning, segmenter_from_config
 from medpeft.io import atomic_output
 
-__all__ = ["TASK_FORMAT", "TaskFileError", "file_sha256", "load_task", "read_task_metadata", "save_task"]
+__all__ = [
+    "TASK_FORMAT",
+    "TaskFileError",
+    "file_sha256",
+    "load_task",
+    "read_task_metadata",
+    "save_task",
+    "swap_task",
+]
 
 TASK_FORMAT = "medpeft-task"
 _HEADER_KEY = "medpeft_task"
@@ -134,14 +142,63 @@ def load_task(path: str | os.PathLike[str], device: str | torch.device = "cpu") 
             )
     net = segmenter_from_config(cfg, pretrained=False if _stores_encoder(cfg) else None)
     apply_finetuning(net, cfg.adapter)
-    tensors = load_file(str(path))
+    _load_tensors(net, cfg, load_file(str(path)))
+    return net.to(device).eval(), cfg
 
+
+def _load_tensors(net: nn.Module, cfg: Config, tensors: dict[str, torch.Tensor]) -> None:
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
 
-    net.decoder.load_state_dict(part("decoder."), strict=True)
+    device = next(net.parameters()).device
+    net.decoder.load_state_dict({k: v.to(device) for k, v in part("decoder.").items()}, strict=True)
     if _stores_encoder(cfg):
         net.encoder.load_state_dict(part("encoder."), strict=True)
     elif cfg.adapter.method in PEFT_METHODS:
-        load_adapter_state_dict(net.encoder, part("adapter."))
-    return net.to(device).eval(), cfg
+        load_adapter_state_dict(net.encoder, {k: v.to(device) for k, v in part("adapter.").items()})
+
+
+def _structure(cfg: Config, facts: dict[str, Any]) -> dict[str, Any]:
+    """What two task files must share for one loaded network to serve both."""
+    adapter = {k: v for k, v in cfg.to_dict()["adapter"].items() if k not in ("reg_weight",)}
+    return {
+        "encoder": cfg.model.encoder,
+        "pretrained weights (SHA-256)": facts.get("pretrained_sha256"),
+        "decoder": (cfg.model.decoder, cfg.model.decoder_channels, cfg.model.num_classes),
+        "image size and channels": (cfg.data.image_size, cfg.model.in_channels),
+        "adapter section": adapter,
+    }
+
+
+def swap_task(net: nn.Module, cfg: Config, path: str | os.PathLike[str]) -> Config:
+    """Switch ``net`` (loaded from a task file with config ``cfg``) to the task file at ``path``, in place.
+
+    The base encoder stays loaded; only the decoder and the adapter tensors are copied in. Both task files must
+    share the encoder, its pretrained weights, the decoder's shape and the adapter section (method, targets, rank,
+    options), and neither may carry a whole encoder.
+
+    Returns:
+        The config of the task now loaded.
+
+    Raises:
+        TaskFileError: Naming what differs, when the two tasks cannot share one network.
+    """
+    path = Path(path)
+    facts = read_task_metadata(path)
+    new = config_from_text(facts["config"], f"task file {path}")
+    current = {**_structure(cfg, {"pretrained_sha256": _loaded_sha(cfg)})}
+    wanted = _structure(new, facts)
+    differences = [
+        f"{key}: loaded {current[key]!r}, {path.name} {wanted[key]!r}" for key in wanted if current[key] != wanted[key]
+    ]
+    if _stores_encoder(new) or _stores_encoder(cfg):
+        differences.append("a task file holding a whole encoder cannot share one")
+    if differences:
+        raise TaskFileError(f"{path} cannot reuse the loaded network: " + "; ".join(differences))
+    _load_tensors(net, new, load_file(str(path)))
+    return new
+
+
+def _loaded_sha(cfg: Config) -> str | None:
+    pretrained = cfg.model.pretrained
+    return file_sha256(pretrained) if isinstance(pretrained, str) and Path(pretrained).is_file() else None

@@ -27,7 +27,7 @@ from medpeft.cli import exit_with_error
 from medpeft.data import CaseFileError
 from medpeft.evaluation.checkpoint import find_run_checkpoint, load_trained_network
 from medpeft.experiment import Config, ConfigError, load_config
-from medpeft.experiment.task_file import TaskFileError, load_task
+from medpeft.experiment.task_file import TaskFileError, load_task, swap_task
 from medpeft.prediction.images import IMAGE_SUFFIXES, load_network_input, predict_image, write_mask
 from medpeft.prediction.volumes import NIFTI_SUFFIXES, nifti_stem, predict_nifti
 
@@ -46,7 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", metavar="RUN_DIR", help="a run directory of scripts/train.py (its best checkpoint)")
-    source.add_argument("--task", metavar="FILE", help="a task file (task.safetensors of a run)")
+    source.add_argument(
+        "--task",
+        metavar="FILE",
+        action="append",
+        help=(
+            "a task file (task.safetensors of a run); repeat it to run several tasks on one loaded encoder, each "
+            "into <out>/<its run folder name>"
+        ),
+    )
     parser.add_argument(
         "--input", required=True, metavar="FILE_OR_DIR", help="an image or volume, or a folder of them"
     )
@@ -68,26 +76,20 @@ def list_inputs(path: Path) -> list[Path]:
     return files
 
 
-def _load(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, Config]:
-    if args.task:
-        return load_task(args.task, device)
-    run = Path(args.run)
+def _task_name(path: Path) -> str:
+    """Output folder of a task: its run folder's name for ``task.safetensors``, else the file's stem."""
+    return path.parent.name if path.name == "task.safetensors" else path.name.removesuffix(".safetensors")
+
+
+def _load_run(run: Path, device: torch.device) -> tuple[nn.Module, Config]:
     cfg = load_config(run / "config.yaml")
     return load_trained_network(cfg, find_run_checkpoint(run)).to(device), cfg
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command; return the exit status (0, or 1 when an image failed)."""
-    args = build_parser().parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    try:
-        inputs = list_inputs(Path(args.input))
-        net, cfg = _load(args, device)
-    except (FileNotFoundError, ConfigError, TaskFileError, ValueError) as err:
-        exit_with_error(str(err))
-    out = Path(args.out)
+def _segment(net: nn.Module, cfg: Config, inputs: list[Path], out: Path, label: str) -> list[str]:
+    """Write one mask per input to ``out``; return the failures (one line each)."""
     failures: list[str] = []
-    for path in tqdm(inputs, desc="predict", unit="file"):
+    for path in tqdm(inputs, desc=label, unit="file"):
         try:
             if path.name.lower().endswith(NIFTI_SUFFIXES):
                 predict_nifti(net, cfg, path, out / f"{nifti_stem(path)}.nii.gz")
@@ -98,6 +100,34 @@ def main(argv: list[str] | None = None) -> int:
             continue
         write_mask(predict_image(net, image, size), cfg.model.num_classes, out / f"{path.stem}.png")
     print(f"{len(inputs) - len(failures)} of {len(inputs)} masks written to {out}")
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; return the exit status (0, or 1 when an input failed)."""
+    args = build_parser().parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    out = Path(args.out)
+    failures: list[str] = []
+    try:
+        inputs = list_inputs(Path(args.input))
+        if args.run:
+            net, cfg = _load_run(Path(args.run), device)
+            failures += _segment(net, cfg, inputs, out, "predict")
+        else:
+            tasks = [Path(task) for task in args.task]
+            net, cfg = load_task(tasks[0], device)
+            for i, task in enumerate(tasks):
+                if i > 0:
+                    try:  # keep the loaded base encoder, copy in this task's decoder and adapters
+                        cfg = swap_task(net, cfg, task)
+                    except TaskFileError as err:
+                        print(f"note: {err}; loading it on its own")
+                        net, cfg = load_task(task, device)
+                target = out / _task_name(task) if len(tasks) > 1 else out
+                failures += _segment(net, cfg, inputs, target, _task_name(task))
+    except (FileNotFoundError, ConfigError, TaskFileError, ValueError) as err:
+        exit_with_error(str(err))
     if failures:
         print(f"{len(failures)} failed:\n" + "\n".join(f"  {failure}" for failure in failures), file=sys.stderr)
         return 1
