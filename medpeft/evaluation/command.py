@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from medpeft.cli import exit_with_error
-from medpeft.data import DatasetNotFoundError
+from medpeft.data import VOLUME_DATASETS, DatasetNotFoundError
 from medpeft.evaluation.checkpoint import find_run_checkpoint, load_trained_network
-from medpeft.evaluation.evaluator import evaluate_split
+from medpeft.evaluation.evaluator import RESOLUTIONS, evaluate_split
 from medpeft.evaluation.report import write_evaluation
 from medpeft.experiment.config import ConfigError, load_config
 from medpeft.metrics import PROTOCOLS
@@ -52,7 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PROTOCOLS,
         help="symmetric (default: MONAI HD95/ASD, spacing in mm) or transunet (TransUNet/Swin-Unet scoring)",
     )
-    parser.add_argument("--out", metavar="DIR", help="output folder (default: <run>/eval/<split>-<protocol>)")
+    parser.add_argument(
+        "--resolution",
+        choices=RESOLUTIONS,
+        help="2D datasets: score at the training size (train) or at each image's own size (native); default: the "
+        "config's data.test_resolution",
+    )
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: <run>/eval/<split>-<protocol>[-native])")
     parser.add_argument("--batch-size", type=int, metavar="N", help="images or slices per forward pass")
     parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-overlays", action="store_true", help="skip the PNG overlays")
@@ -102,15 +108,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except RuntimeError as err:  # load_state_dict: missing / unexpected keys or shapes
         exit_with_error(f"{checkpoint} does not fit the network of {config_file}: {str(err).splitlines()[0]}")
     try:
-        result = evaluate_split(net, cfg, args.split, args.protocol, args.data_root, args.batch_size)
+        resolution = args.resolution or cfg.data.test_resolution
+        result = evaluate_split(
+            net, cfg, args.split, args.protocol, args.data_root, args.batch_size, resolution=resolution
+        )
     except DatasetNotFoundError as err:
         exit_with_error(str(err))
-    out = Path(args.out) if args.out else default_out / f"{args.split}-{args.protocol}"
+    suffix = "-native" if result.summary["resolution"] == "native" and cfg.data.dataset not in VOLUME_DATASETS else ""
+    out = Path(args.out) if args.out else default_out / f"{args.split}-{args.protocol}{suffix}"
     write_evaluation(result, out, cfg.model.num_classes, overlays=not args.no_overlays)
 
     summary = result.summary
     unit = summary["distance_unit"]
-    print(f"{checkpoint} on {cfg.data.dataset} {args.split} ({summary['n_cases']} cases, protocol {args.protocol})")
+    print(
+        f"{checkpoint} on {cfg.data.dataset} {args.split} ({summary['n_cases']} cases, protocol {args.protocol}, "
+        f"{summary['resolution']} resolution)"
+    )
     for key, entry in [*summary["per_class"].items(), ("mean", summary["overall"])]:
         label = entry.get("name", key) if key != "mean" else "mean over classes"
         cells = []

@@ -3,7 +3,9 @@
 What a "case" is follows the published protocols of each dataset:
 
 * 2D datasets (ISIC 2018, BUSI, the demo): one image, scored at the training resolution ``S x S`` (the test images
-  and masks resized as for training), distances in pixels of that grid.
+  and masks resized as for training), distances in pixels of that grid; or, with ``resolution="native"`` (what the
+  ISIC challenge and most papers score), at each image's own size: the logits are resized (bilinear) to the
+  original mask's ``H x W`` before the argmax and compared with the mask as read from its file.
 * 3D datasets (ACDC, Synapse; :data:`~medpeft.data.VOLUME_DATASETS`): one volume, predicted slice by slice
   (:func:`~medpeft.evaluation.inference.predict_volume`) and scored on the stacked volume at its native voxel grid,
   distances in mm from the file's spacing (voxels under ``protocol="transunet"``).
@@ -18,9 +20,11 @@ import inspect
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -30,7 +34,10 @@ from medpeft.evaluation.inference import predict_images, predict_volume
 from medpeft.experiment.config import Config
 from medpeft.metrics import Protocol, case_scores, distance_unit, summarize_scores
 
-__all__ = ["CaseView", "EvaluationResult", "evaluate_split"]
+__all__ = ["RESOLUTIONS", "CaseView", "EvaluationResult", "Resolution", "evaluate_split"]
+
+Resolution = Literal["train", "native"]
+RESOLUTIONS: tuple[str, ...] = ("train", "native")
 
 
 @dataclass
@@ -70,8 +77,22 @@ def _builder_options(builder: Any, cfg: Config) -> dict[str, Any]:
     return {key: value for key, value in options.items() if key in accepted}
 
 
+def _native_case(dataset: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image ``[C, H, W]`` in ``[0, 1]`` and mask ``[H, W]`` of case ``index`` at the file's own size.
+
+    The dataset's first transform is its loader (decoded image and mask, before any resize); a JPEG decoded at a
+    reduced scale is brought to the mask's size for the overlays.
+    """
+    loaded = dataset.transform.transforms[0](dict(dataset.data[index]))
+    label = torch.as_tensor(np.asarray(loaded["label"]))[0].long()
+    image = torch.as_tensor(np.asarray(loaded["image"]), dtype=torch.float32) / 255.0
+    if image.shape[-2:] != label.shape:
+        image = F.interpolate(image[None], size=tuple(label.shape), mode="bilinear", align_corners=False)[0]
+    return image, label
+
+
 def _image_cases(
-    net: nn.Module, cfg: Config, root: str | None, split: str, batch_size: int
+    net: nn.Module, cfg: Config, root: str | None, split: str, batch_size: int, resolution: Resolution = "train"
 ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, None, str]]:
     dataset = build_dataset(
         cfg.data.dataset,
@@ -84,7 +105,19 @@ def _image_cases(
         **{**_dataset_options(cfg), "augment": False, "cache_rate": 0.0},
     )
     device = next(net.parameters()).device
+    index = 0
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+        if resolution == "native":
+            with torch.no_grad():
+                logits = net(batch["image"].to(device)).float()
+            for name, case_logits in zip(batch["name"], logits):
+                image, label = _native_case(dataset, index)
+                native = F.interpolate(
+                    case_logits[None], size=tuple(label.shape), mode="bilinear", align_corners=False
+                )
+                index += 1
+                yield name, image, label, native[0].argmax(dim=0).cpu(), None, "px"
+            continue
         preds = predict_images(net, batch["image"].to(device)).cpu()
         for name, image, label, pred in zip(batch["name"], batch["image"], batch["label"], preds):
             yield name, image, label.reshape(pred.shape), pred, None, "px"
@@ -117,6 +150,7 @@ def evaluate_split(
     data_root: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    resolution: Resolution = "train",
 ) -> EvaluationResult:
     """Predict and score every case of one split.
 
@@ -128,6 +162,8 @@ def evaluate_split(
         data_root: Overrides ``data.root`` (the data moved since training).
         batch_size: Images (2D) or slices (3D) per forward pass; defaults to ``data.batch_size``.
         progress: Show a progress bar on stderr.
+        resolution: 2D datasets only: ``"train"`` scores at ``S x S``, ``"native"`` at each image's own size (see the
+            module docstring). Volumes are always scored on their native voxel grid.
 
     Returns:
         Rows in case order, the summary, and one view per case.
@@ -135,7 +171,12 @@ def evaluate_split(
     root = data_root if data_root is not None else cfg.data.root
     info = dataset_info(cfg.data.dataset)
     is_volume = cfg.data.dataset in VOLUME_DATASETS
-    cases = (_volume_cases if is_volume else _image_cases)(net, cfg, root, split, batch_size or cfg.data.batch_size)
+    size = batch_size or cfg.data.batch_size
+    cases = (
+        _volume_cases(net, cfg, root, split, size)
+        if is_volume
+        else _image_cases(net, cfg, root, split, size, resolution)
+    )
     unit = "px"
     rows: list[dict[str, Any]] = []
     views: dict[str, CaseView] = {}
@@ -156,5 +197,10 @@ def evaluate_split(
     finally:
         net.train(was_training)
     summary = summarize_scores(rows, protocol, unit, info.class_names or None)
-    summary.update(split=split, dataset=cfg.data.dataset, image_size=cfg.data.image_size)
+    summary.update(
+        split=split,
+        dataset=cfg.data.dataset,
+        image_size=cfg.data.image_size,
+        resolution="native" if is_volume else resolution,
+    )
     return EvaluationResult(rows, summary, views)

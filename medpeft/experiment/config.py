@@ -130,6 +130,9 @@ class DataConfig:
             ISIC and the demo, ``ultrasound`` for BUSI, ``slices`` for ACDC and Synapse), another policy name
             (``none`` switches it off), or a list of albumentations steps ``[{HorizontalFlip: {p: 0.5}}, ...]``;
             see :mod:`medpeft.data.augmentation`. Defaults to ``None``.
+        test_resolution: Where 2D test images are scored at the end of training: ``"train"`` (``S x S``, the
+            default) or ``"native"`` (each image's own size, as the ISIC challenge scores); volumes are always scored
+            on their own voxel grid. ``scripts/evaluate.py --resolution`` chooses per evaluation.
         options: Dataset-specific keyword arguments passed through to the data module unchecked.
     """
 
@@ -142,10 +145,14 @@ class DataConfig:
     test_fraction: float = 0.15
     split_seed: int | None = None
     augmentation: str | list[dict[str, Any]] | None = None
+    test_resolution: str = "train"
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require(self.image_size >= 8, "image_size", f"must be >= 8, got {self.image_size}")
+        resolutions = ("train", "native")
+        problem = f"must be one of {resolutions}, got {self.test_resolution!r}"
+        _require(self.test_resolution in resolutions, "test_resolution", problem)
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         for key in ("val_fraction", "test_fraction"):

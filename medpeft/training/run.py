@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.adapter.method in PEFT_METHODS:
         save_adapter(net.encoder, run_dir / "adapter.safetensors", norm_stats=cfg.adapter.adapt_norm)
     task_file_bytes = save_task(net, cfg, run_dir / "task.safetensors")
-    result = evaluate_split(net, cfg, split="test")
+    result = evaluate_split(net, cfg, split="test", resolution=cfg.data.test_resolution)
     write_evaluation(result, run_dir, cfg.model.num_classes)
     metrics = collect_metrics(cfg, net, result.summary, run_dir, len(adapted), best, train_seconds, throughput)
     metrics["resumed_from_step"] = resumed_step  # last.ckpt now holds the final state

@@ -66,3 +66,9 @@ def test_missing_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     with pytest.raises(SystemExit) as info:
         _script("evaluate").main(["--run", str(tmp_path / "nope")])
     assert info.value.code == 2 and str(tmp_path / "nope") in capsys.readouterr().err
+
+
+def test_evaluate_at_native_resolution(tcur_run: Path) -> None:
+    summary = _script("evaluate").main(["--run", str(tcur_run), "--resolution", "native", "--device", "cpu"])
+    assert summary["resolution"] == "native"
+    assert (tcur_run / "eval" / "test-symmetric-native" / "summary.json").is_file()
