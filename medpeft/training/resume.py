@@ -50,7 +50,7 @@ class LastCheckpoint(pl.Callback):
 
     def _save(self, trainer: pl.Trainer) -> None:
         temporary = self.path.with_name(f".{self.path.name}.partial")
-        trainer.save_checkpoint(temporary)  # every rank calls it; rank 0 writes
+        trainer.save_checkpoint(temporary, weights_only=False)  # the whole state; every rank calls it, rank 0 writes
         if trainer.is_global_zero:
             os.replace(temporary, self.path)
 
