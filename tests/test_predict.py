@@ -160,3 +160,15 @@ def test_a_task_of_another_adapter_cannot_share_the_network(two_tasks: list[Path
     net, cfg = load_task(two_tasks[0])
     with pytest.raises(TaskFileError, match="adapter section"):
         swap_task(net, cfg, two_tasks[2])
+
+
+def test_overlays_blend_only_the_predicted_foreground(run: Path, images: Path, tmp_path: Path) -> None:
+    args = ["--task", str(run / "task.safetensors"), "--input", str(images / "wide.png"), "--out", str(tmp_path)]
+    assert main([*args, "--overlays"]) == 0
+    with Image.open(tmp_path / "overlays" / "wide.png") as blended, Image.open(images / "wide.png") as original:
+        blended, original = np.asarray(blended), np.asarray(original)
+    with Image.open(tmp_path / "wide.png") as mask:
+        foreground = np.asarray(mask) > 0
+    assert blended.shape == original.shape
+    assert np.array_equal(blended[~foreground], original[~foreground])
+    assert foreground.sum() == 0 or not np.array_equal(blended[foreground], original[foreground])

@@ -28,7 +28,7 @@ from medpeft.data import CaseFileError
 from medpeft.evaluation.checkpoint import find_run_checkpoint, load_trained_network
 from medpeft.experiment import Config, ConfigError, load_config
 from medpeft.experiment.task_file import TaskFileError, load_task, swap_task
-from medpeft.prediction.images import IMAGE_SUFFIXES, load_network_input, predict_image, write_mask
+from medpeft.prediction.images import IMAGE_SUFFIXES, load_network_input, predict_image, write_mask, write_overlay
 from medpeft.prediction.volumes import NIFTI_SUFFIXES, nifti_stem, predict_nifti
 
 __all__ = ["build_parser", "list_inputs", "main"]
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for the masks")
     parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N")
+    parser.add_argument("--overlays", action="store_true", help="also write <out>/overlays/<image>.png (2D images)")
     return parser
 
 
@@ -86,7 +87,7 @@ def _load_run(run: Path, device: torch.device) -> tuple[nn.Module, Config]:
     return load_trained_network(cfg, find_run_checkpoint(run)).to(device), cfg
 
 
-def _segment(net: nn.Module, cfg: Config, inputs: list[Path], out: Path, label: str) -> list[str]:
+def _segment(net: nn.Module, cfg: Config, inputs: list[Path], out: Path, label: str, overlays: bool) -> list[str]:
     """Write one mask per input to ``out``; return the failures (one line each)."""
     failures: list[str] = []
     for path in tqdm(inputs, desc=label, unit="file"):
@@ -98,7 +99,10 @@ def _segment(net: nn.Module, cfg: Config, inputs: list[Path], out: Path, label: 
         except (CaseFileError, ValueError) as err:
             failures.append(str(err))
             continue
-        write_mask(predict_image(net, image, size), cfg.model.num_classes, out / f"{path.stem}.png")
+        mask = predict_image(net, image, size)
+        write_mask(mask, cfg.model.num_classes, out / f"{path.stem}.png")
+        if overlays:
+            write_overlay(path, mask, cfg.model.num_classes, out / "overlays" / f"{path.stem}.png")
     print(f"{len(inputs) - len(failures)} of {len(inputs)} masks written to {out}")
     return failures
 
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs = list_inputs(Path(args.input))
         if args.run:
             net, cfg = _load_run(Path(args.run), device)
-            failures += _segment(net, cfg, inputs, out, "predict")
+            failures += _segment(net, cfg, inputs, out, "predict", args.overlays)
         else:
             tasks = [Path(task) for task in args.task]
             net, cfg = load_task(tasks[0], device)
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"note: {err}; loading it on its own")
                         net, cfg = load_task(task, device)
                 target = out / _task_name(task) if len(tasks) > 1 else out
-                failures += _segment(net, cfg, inputs, target, _task_name(task))
+                failures += _segment(net, cfg, inputs, target, _task_name(task), args.overlays)
     except (FileNotFoundError, ConfigError, TaskFileError, ValueError) as err:
         exit_with_error(str(err))
     if failures:

@@ -19,9 +19,10 @@ from PIL import Image
 from torch import nn
 
 from medpeft.data.busi import load_grey_image
+from medpeft.data.montage import class_colours, overlay
 from medpeft.data.transforms import load_rgb_image
 
-__all__ = ["IMAGE_SUFFIXES", "load_network_input", "predict_image", "write_mask"]
+__all__ = ["IMAGE_SUFFIXES", "load_network_input", "predict_image", "write_mask", "write_overlay"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 
@@ -60,4 +61,20 @@ def write_mask(mask: np.ndarray, num_classes: int, path: str | os.PathLike[str])
     path.parent.mkdir(parents=True, exist_ok=True)
     values = mask * 255 if num_classes == 2 else mask
     Image.fromarray(values.astype(np.uint8)).save(path)
+    return path
+
+
+def write_overlay(
+    image_path: str | os.PathLike[str], mask: np.ndarray, num_classes: int, path: str | os.PathLike[str]
+) -> Path:
+    """Write the image with its predicted classes blended in (the evaluation overlays' colours); background pixels
+    keep the image's own values."""
+    with Image.open(image_path) as img:
+        rgb = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0  # [H, W, 3]
+    rgba = overlay(mask, class_colours(num_classes))
+    alpha = rgba[..., 3:]
+    blended = rgb * (1.0 - alpha) + rgba[..., :3] * alpha
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.rint(blended * 255.0).astype(np.uint8)).save(path)
     return path
