@@ -186,7 +186,7 @@ def swap_task(net: nn.Module, cfg: Config, path: str | os.PathLike[str]) -> Conf
     path = Path(path)
     facts = read_task_metadata(path)
     new = config_from_text(facts["config"], f"task file {path}")
-    current = {**_structure(cfg, {"pretrained_sha256": _loaded_sha(cfg)})}
+    current = _structure(cfg, {"pretrained_sha256": _loaded_sha(cfg)})
     wanted = _structure(new, facts)
     differences = [
         f"{key}: loaded {current[key]!r}, {path.name} {wanted[key]!r}" for key in wanted if current[key] != wanted[key]
