@@ -47,12 +47,14 @@ class LastCheckpoint(pl.Callback):
     def __init__(self, run_dir: str | os.PathLike[str], every_n_steps: int) -> None:
         self.path = Path(run_dir) / LAST_CHECKPOINT
         self.every_n_steps = every_n_steps
+        self._saved_step: int | None = None
 
     def _save(self, trainer: pl.Trainer) -> None:
         temporary = self.path.with_name(f".{self.path.name}.partial")
         trainer.save_checkpoint(temporary, weights_only=False)  # the whole state; every rank calls it, rank 0 writes
         if trainer.is_global_zero:
             os.replace(temporary, self.path)
+        self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         step = trainer.global_step
@@ -64,7 +66,10 @@ class LastCheckpoint(pl.Callback):
             self._save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._save(trainer)  # the final state, also when max_steps stopped training before any validation
+        # the final state when max_steps stopped training after the last save (the last epoch's validation saved it
+        # otherwise: no second copy of the same step)
+        if self._saved_step != trainer.global_step:
+            self._save(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._save(trainer)
