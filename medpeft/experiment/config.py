@@ -277,17 +277,23 @@ class LossConfig:
         include_background: Include the background class in the Dice term. Defaults to ``True``.
         lambda_dice: Weight of the Dice term. Defaults to ``1.0``.
         lambda_ce: Weight of the cross-entropy term. Defaults to ``1.0``.
+        smooth: Constant added to the numerator and denominator of every Dice ratio (MONAI's ``smooth_nr`` and
+            ``smooth_dr``). MONAI's ``1e-5`` leaves a per-image Dice term flat at 1 on an image without the class
+            whatever is predicted there, so only cross-entropy argues against a false positive; ``1`` (the Dice of
+            nnU-Net and many plain scripts) keeps a gradient on such images. Defaults to ``1e-5``.
     """
 
     dice_batch: bool = False
     include_background: bool = True
     lambda_dice: float = 1.0
     lambda_ce: float = 1.0
+    smooth: float = 1e-5
 
     def __post_init__(self) -> None:
         _require(self.lambda_dice >= 0.0, "lambda_dice", f"must be >= 0, got {self.lambda_dice}")
         _require(self.lambda_ce >= 0.0, "lambda_ce", f"must be >= 0, got {self.lambda_ce}")
         _require(self.lambda_dice + self.lambda_ce > 0.0, "lambda_ce", "and lambda_dice cannot both be 0")
+        _require(self.smooth > 0.0, "smooth", f"must be > 0, got {self.smooth}")
 
 
 @dataclass

@@ -85,7 +85,7 @@ class SegmentationModule(pl.LightningModule):
         freeze_encoder_norm: Keep the encoder's BatchNorm layers in eval mode during training (running statistics
             unchanged).
         loss_options: Keyword arguments of ``DiceCELoss`` beyond ``to_onehot_y`` and ``softmax`` (``batch``,
-            ``include_background``, ``lambda_dice``, ``lambda_ce``).
+            ``include_background``, ``lambda_dice``, ``lambda_ce``, ``smooth_nr``, ``smooth_dr``).
         nonfinite_loss: What a NaN or infinite training loss does: ``"stop"`` raises :class:`NonFiniteLossError`
             before any weight is touched (the checkpoints already written stay the last good ones); ``"skip"``
             drops the batch (no backward, no weight update, BatchNorm statistics restored; the learning-rate

@@ -360,6 +360,8 @@ def main(argv: list[str] | None = None) -> Path:
             "include_background": cfg.loss.include_background,
             "lambda_dice": cfg.loss.lambda_dice,
             "lambda_ce": cfg.loss.lambda_ce,
+            "smooth_nr": cfg.loss.smooth,
+            "smooth_dr": cfg.loss.smooth,
         },
     )
     trainer, checkpoint = build_trainer(cfg, run_dir)
