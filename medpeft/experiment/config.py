@@ -295,6 +295,17 @@ class LossConfig:
         _require(self.lambda_dice + self.lambda_ce > 0.0, "lambda_ce", "and lambda_dice cannot both be 0")
         _require(self.smooth > 0.0, "smooth", f"must be > 0, got {self.smooth}")
 
+    def dice_ce_options(self) -> dict[str, Any]:
+        """Keyword arguments of MONAI's ``DiceCELoss`` beyond ``to_onehot_y`` and ``softmax``."""
+        return {
+            "batch": self.dice_batch,
+            "include_background": self.include_background,
+            "lambda_dice": self.lambda_dice,
+            "lambda_ce": self.lambda_ce,
+            "smooth_nr": self.smooth,
+            "smooth_dr": self.smooth,
+        }
+
 
 @dataclass
 class OptimConfig:

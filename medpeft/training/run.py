@@ -355,14 +355,7 @@ def main(argv: list[str] | None = None) -> Path:
         encoder_lr=cfg.optim.encoder_lr,
         nonfinite_loss=cfg.optim.nonfinite_loss,
         freeze_encoder_norm=not cfg.adapter.adapt_norm,
-        loss_options={
-            "batch": cfg.loss.dice_batch,
-            "include_background": cfg.loss.include_background,
-            "lambda_dice": cfg.loss.lambda_dice,
-            "lambda_ce": cfg.loss.lambda_ce,
-            "smooth_nr": cfg.loss.smooth,
-            "smooth_dr": cfg.loss.smooth,
-        },
+        loss_options=cfg.loss.dice_ce_options(),
     )
     trainer, checkpoint = build_trainer(cfg, run_dir)
     throughput = TrainingThroughput()
