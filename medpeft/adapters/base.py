@@ -131,6 +131,31 @@ class AdapterLayer(nn.Module):
             return self.base_layer._conv_forward(x, weight, self.base_layer.bias)
         return F.linear(x, weight, self.base_layer.bias)
 
+    def low_rank_forward(self, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """``(up @ down) x`` without forming the product: ``x -> down -> up`` as LoRA's two layers do.
+
+        Args:
+            x: the base layer's input, ``[..., in]`` (Linear) or ``[B, in, H, W]`` (Conv2d).
+            down: ``[k, fan_in]``; for a Conv2d it runs as a ``kh x kw`` convolution with the base layer's stride,
+                padding and dilation.
+            up: ``[out, k]``; a 1x1 convolution for a Conv2d.
+
+        Returns:
+            The output of a bias-free layer of weight ``up @ down`` (reshaped to the base weight's shape).
+        """
+        if not self.is_conv:
+            return F.linear(F.linear(x, down), up)
+        conv = self.base_layer
+        kernel = down.reshape(down.shape[0], *conv.weight.shape[1:])
+        hidden = F.conv2d(x, kernel, None, conv.stride, conv.padding, conv.dilation)
+        return F.conv2d(hidden, up[:, :, None, None])
+
+    @property
+    def activation_form_allowed(self) -> bool:
+        """Whether a factorised forward ``base(x') + delta-part(x)`` may replace the effective-weight forward:
+        the base layer must be a plain ``nn.Linear``/``nn.Conv2d`` (linear in its weight) with zero padding."""
+        return self.plain_base_layer and getattr(self.base_layer, "padding_mode", "zeros") == "zeros"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base_layer(x)

@@ -25,6 +25,23 @@ forward pass of the injected module ends.
 A fused attention ``qkv`` layer (weight ``[3 d, d]``) contributes its q, k and v squares as three members,
 so on a ViT every block's q, k, v and output projection share one ``[4 * depth, d, d]`` tensor, as in the
 paper. Conv2d weights are stacked viewed as ``[out, in * kh * kw]``.
+
+Two forward forms compute the same function (tested against each other in float32 and under autocast):
+
+* *dense form*: each member adds its slice of ``irfft(C dU R)`` to its weight and runs one linear/conv; the
+  backward forms a dense ``[out, fan_in]`` weight gradient over every token. ``merge()`` and base layers whose
+  ``forward`` is not linear in the weight (timm's ``StdConv2d``) use this form.
+* *activation form*: writing out the inverse FFT, member ``m``'s delta is
+  ``sum_k (c_k / n3) Re(exp(2 pi i k m / n3) C_k dU_k R_k)`` (``c_k`` from :func:`frequency_weights`), a product
+  ``left_m @ right`` of real rank ``K = 2 F r``: ``right = [Re R_k; Im R_k]`` (``[K, n2]``, a function of the frozen
+  weights, kept as a buffer) and ``left_m = [Re L_mk, -Im L_mk]`` with ``L_mk = (c_k / n3) exp(2 pi i k m / n3) C_k dU_k``
+  (``[n1, K]``, rebuilt from ``dU`` once per forward pass of the injected module). The layer then runs
+  ``base(x) + left (right x)`` like LoRA; a fused ``qkv`` computes ``right x`` once for its three members.
+
+Each layer takes the activation form when it costs fewer multiply-adds per token
+(:meth:`TCURLoRALayer.prefers_activation_form`): ``3 K (out + fan_in) < out * fan_in``, the low-rank pair's
+forward and backward against the dense weight gradient. With ``K = 2 F r`` this favours layers in small groups
+(a ViT's MLP layers: ``n3 = depth``) and low ranks; large groups at high rank keep the dense form.
 """
 
 from __future__ import annotations
@@ -129,6 +146,13 @@ class TCURGroup(nn.Module):
         # is loaded (see refresh_factors), never saved.
         self.register_buffer("cur_C", spectrum[:, :, col_index].contiguous(), persistent=False)  # [F, n1, r]
         self.register_buffer("cur_R", spectrum[:, row_index, :].contiguous(), persistent=False)  # [F, r, n2]
+        # The activation form's right factor [Re R_k; Im R_k] over (k, row) -> [2 F r, n2], and the phases
+        # (c_k / n3) exp(2 pi i k m / n3) of the inverse FFT: [n3, F]
+        self.register_buffer("right_factor", self._right_factor(self.cur_R), persistent=False)
+        k = torch.arange(spectrum.shape[0], dtype=torch.float64)
+        m = torch.arange(n3, dtype=torch.float64)[:, None]
+        phases = torch.polar(frequency_weights(n3).double() / n3, 2 * torch.pi * k * m / n3)
+        self.register_buffer("irfft_phases", phases.to(torch.complex64).to(weights.device), persistent=False)
         # dU as real tensors (optimisers and safetensors handle those): real parts [F, r, r] and imaginary
         # parts [(n3 - 1) // 2, r, r] of frequencies 1 .. (n3 - 1) // 2 only (see the module docstring).
         frequencies, imaginary = spectrum.shape[0], (n3 - 1) // 2
@@ -137,7 +161,19 @@ class TCURGroup(nn.Module):
             nn.Parameter(torch.zeros(imaginary, rank, rank, device=weights.device)) if imaginary > 0 else None
         )
         self._cached_delta: tuple[torch.Tensor, ...] | None = None
+        self._cached_left: tuple[torch.Tensor, ...] | None = None
         self.caching = False
+
+    @staticmethod
+    def _right_factor(cur_R: torch.Tensor) -> torch.Tensor:
+        """``[Re R; Im R]`` of ``R: [F, r, n2]`` complex, rows ordered (frequency, row): ``[2 F r, n2]`` float32."""
+        flat = cur_R.reshape(-1, cur_R.shape[-1])
+        return torch.cat([flat.real, flat.imag]).contiguous()
+
+    @property
+    def activation_rank(self) -> int:
+        """``K = 2 F r``: the real rank of a member's delta as the activation form writes it."""
+        return self.right_factor.shape[0]
 
     def refresh_factors(self, weights: torch.Tensor) -> None:
         """Rebuild ``C`` and ``R`` from the members' frozen weights ``[n3, n1, n2]`` at the stored indices.
@@ -150,6 +186,7 @@ class TCURGroup(nn.Module):
             spectrum = torch.fft.rfft(weights.detach().float(), dim=0)
             self.cur_C.copy_(spectrum[:, :, self.col_index])
             self.cur_R.copy_(spectrum[:, self.row_index, :])
+            self.right_factor.copy_(self._right_factor(self.cur_R))
 
     def complex_dU(self) -> torch.Tensor:
         """``dU`` as complex ``[F, r, r]``, imaginary parts zero at frequency 0 (and ``n3 / 2`` for even ``n3``)."""
@@ -180,11 +217,26 @@ class TCURGroup(nn.Module):
             self._cached_delta = self.compute_delta().unbind(0)
         return self._cached_delta
 
+    def compute_left_factors(self) -> torch.Tensor:
+        """Every member's left factor ``left_m = [Re L_m, -Im L_m]``: ``[n3, n1, 2 F r]`` float32 (module docstring)."""
+        with full_precision(self.tcur_dU_real.device):
+            c_du = self.cur_C @ self.complex_dU()  # [F, n1, r]
+            left = torch.einsum("mk,kar->makr", self.irfft_phases, c_du).reshape(self.n3, self.n1, -1)  # [n3, n1, F r]
+            return torch.cat([left.real, -left.imag], dim=-1)
+
+    def member_left_factors(self) -> tuple[torch.Tensor, ...]:
+        """:meth:`compute_left_factors` split per member, computed once per forward pass like :meth:`member_deltas`."""
+        if not self.caching:
+            return self.compute_left_factors().unbind(0)
+        if self._cached_left is None:
+            self._cached_left = self.compute_left_factors().unbind(0)
+        return self._cached_left
+
     def start_forward_pass(self) -> None:
-        self._cached_delta, self.caching = None, True
+        self._cached_delta, self._cached_left, self.caching = None, None, True
 
     def end_forward_pass(self) -> None:
-        self._cached_delta, self.caching = None, False
+        self._cached_delta, self._cached_left, self.caching = None, None, False
 
 
 class TCURLoRALayer(AdapterLayer):
@@ -207,6 +259,20 @@ class TCURLoRALayer(AdapterLayer):
         slices = self.group.member_deltas()
         delta = torch.cat([slices[i] for i in self.slices])  # rows stacked: q, k, v squares -> [3 d, d]
         return delta.reshape(weight.shape).to(weight.dtype)
+
+    def prefers_activation_form(self) -> bool:
+        """The documented rule: the activation form when ``3 K (out + fan_in) < out * fan_in`` (module docstring)."""
+        if not self.activation_form_allowed:
+            return False
+        out, fan_in = self.out_features, self.fan_in
+        return 3 * self.group.activation_rank * (out + fan_in) < out * fan_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged or not self.prefers_activation_form():
+            return super().forward(x)
+        lefts = self.group.member_left_factors()
+        left = torch.cat([lefts[i] for i in self.slices])  # [out, 2 F r]; q, k, v share right @ x
+        return self.base_layer(x) + self.low_rank_forward(x, self.group.right_factor.to(x.dtype), left.to(x.dtype))
 
 
 def _member_shape(module: nn.Module, split_qkv: bool, name: str) -> tuple[int, tuple[int, int]]:

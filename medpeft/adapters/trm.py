@@ -19,9 +19,22 @@ exactly zero at init for every ring rank and does not lose the small update to c
 For ``nn.Conv2d`` the transform mixes input channels only (a 1x1 channel mix before the convolution) and
 the residual is a TR over the weight viewed as ``[out, in * kh * kw]``.
 
-Efficiency: the forward builds the effective weight ``W0 T + Delta`` once and runs one linear/conv. ``T`` is
-``in x in``, so this costs ``out * in^2`` per forward whatever the batch size, and beats applying ``T`` to
-every token once a batch holds more than ``out`` tokens (any ViT batch).
+Two forward forms compute the same function (tested against each other in float32 and under autocast); each
+forward takes the one with fewer estimated multiply-adds for the input at hand
+(:meth:`TRMLayer.prefers_activation_form`). Both start from ``T - I``, built from the cores at the cost of about one
+dense ``[in, in]`` ring contraction (:func:`ring_matrix_minus_identity`).
+
+* *weight form*: build the effective weight ``W0 + W0 (T - I) + Delta`` and run one linear/conv. Costs
+  ``out * fan_in * in`` for ``W0 (T - I)`` (twice, with its backward) whatever the batch, plus a dense
+  ``[out, fan_in]`` weight gradient over every token. Also what ``merge()`` uses, and the only form for base layers
+  whose ``forward`` is not linear in the weight (timm's ``StdConv2d``).
+* *activation form*: ``base(x + (T - I) x) + Delta x``: ``(T - I)`` applied to the tokens (a 1x1 channel mix for a
+  convolution; ``3 * tokens * in^2`` with its backward), ``Delta x`` through the residual's two chains as a
+  rank-``R^2`` pair of layers (``fan_in -> R^2 -> out``) like LoRA. No dense weight and no weight gradient are
+  formed. Cheaper when a layer has more outputs than inputs (ViT ``qkv`` and ``fc1``) or few tokens.
+
+Like LoRA's low-rank path, the activation form runs its products in the autocast dtype; ``T - I`` itself is built in
+float32 either way, and both forms are exactly the plain layer at init.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medpeft.adapters.base import AdapterLayer, full_precision, register_adapter, replace_module
@@ -127,28 +141,58 @@ def identity_core(size: int, rank: int, dtype: torch.dtype, device: torch.device
     return (torch.eye(size, dtype=dtype, device=device) / rank)[:, :, None, None].expand(size, size, rank, rank)
 
 
-def ring_matrix_minus_identity(cores: list[torch.Tensor] | nn.ParameterList) -> torch.Tensor:
+def _open_chain(lower: torch.Tensor, higher: torch.Tensor) -> torch.Tensor:
+    """Ring chain of two TRM blocks, left open: ``[a, b, R, R] x [i, k, R, R] -> [i * a, k * b, R, R]``.
+
+    ``higher`` holds the more significant digits (little-endian multi-indices).
+    """
+    chain = torch.einsum("abrs,ikst->iakbrt", lower, higher)
+    return chain.reshape(higher.shape[0] * lower.shape[0], higher.shape[1] * lower.shape[1], *chain.shape[4:])
+
+
+def ring_matrix_minus_identity(
+    cores: list[torch.Tensor] | nn.ParameterList, identity: list[torch.Tensor] | None = None
+) -> torch.Tensor:
     """``T - I`` for the TRM ``T = ring_matrix(cores)``, in float32, exactly zero when the cores are at init.
 
-    With ``E_d`` the init cores (``ring_matrix(E) = I`` up to the rounding of ``1 / R``), ``T - I`` telescopes into
-    ``sum_d ring_matrix(E_1, ..., E_{d-1}, A_d - E_d, A_{d+1}, ..., A_D)``. Each term has a factor
-    ``A_d - E_d`` that is exactly zero at init (computed in the cores' own dtype), whereas ``T - I`` computed
-    densely leaves round-off when ``1 / R`` is inexact (R = 3) and cancels the small update against ``I``.
-    Costs ``D`` ring contractions, small next to the ``W0 (T - I)`` product.
+    With ``E_d`` the init cores (``eye(I_d) / R`` in every ring slot, ``ring_matrix(E) = I``), ``T - I`` telescopes into
+    ``sum_d ring(E_1, ..., E_{d-1}, A_d - E_d, S_{d+1})`` with the suffix chains ``S_{d+1} = A_{d+1} ... A_D``. Each
+    term has a factor ``A_d - E_d`` that is exactly zero at init (computed in the cores' own dtype), whereas ``T - I``
+    computed densely leaves round-off when ``1 / R`` is inexact (R = 3) and cancels the small update against ``I``.
+
+    A chain of init cores is ``eye / R`` in every ring slot again, so for ``d >= 2`` the term is
+    ``kron(Q_d, eye(I_1 ... I_{d-1})) / R`` with ``Q_d`` the sum over both open ring indices of
+    ``(A_d - E_d) S_{d+1}`` (a matrix over the digits ``d .. D`` only); the first term is the ring trace of
+    ``(A_1 - E_1) S_2``. So the cost is one ``[in, in]`` ring contraction (plus small ones), not ``D``.
 
     Args:
         cores: ``A_d`` of shape ``[I_d, I_d, R, R]``.
+        identity: the init cores ``E_d`` in the cores' dtype, when the caller keeps them (built here otherwise).
 
     Returns:
         ``[prod I_d, prod I_d]`` float32.
     """
-    identity = [identity_core(core.shape[0], core.shape[2], core.dtype, core.device) for core in cores]
-    full = [core.float() for core in cores]
-    total = 0
-    for d, core in enumerate(cores):
-        # E_1 .. E_{d-1}, A_d - E_d, A_{d+1} .. A_D
-        chain = [e.float() for e in identity[:d]] + [(core - identity[d]).float()] + full[d + 1 :]
-        total = total + ring_matrix(chain)
+    if identity is None:
+        identity = [identity_core(core.shape[0], core.shape[2], core.dtype, core.device) for core in cores]
+    updates = [(core - e).float() for core, e in zip(cores, identity)]  # A_d - E_d, exactly zero at init
+    if len(cores) == 1:
+        return torch.einsum("abrr->ab", updates[0])
+    rank, sizes = cores[0].shape[2], [core.shape[0] for core in cores]
+    # The kron(Q_d, eye(L)) terms touch only the diagonal blocks: collect the Q_d first, add them in place at the end
+    # (dense [in, in] passes cost memory bandwidth, the dominant cost for wide layers).
+    highs = [updates[-1].sum(dim=(2, 3))]  # d = D: Q_D is A_D - E_D summed over its ring slots
+    suffix = cores[-1].float()  # S_{d+1}, grown from the most significant core down
+    for d in range(len(cores) - 2, 0, -1):
+        summed = torch.einsum("abrs,ikst->iakb", updates[d], suffix)  # summed over the open ring ends r, t
+        highs.append(summed.reshape(summed.shape[0] * summed.shape[1], -1))
+        suffix = _open_chain(cores[d].float(), suffix)
+    # d = 1: the ring trace of (A_1 - E_1) S_2, without building the [in, in, R, R] chain
+    closed = torch.einsum("abrs,iksr->iakb", updates[0], suffix)
+    total = closed.reshape(closed.shape[0] * closed.shape[1], -1)
+    for high in highs:
+        low = total.shape[0] // high.shape[0]  # I_1 ... I_{d-1}
+        blocks = total.view(high.shape[0], low, high.shape[0], low).diagonal(dim1=1, dim2=3)  # [H, H, low]
+        blocks.add_(high[:, :, None] / rank)
     return total
 
 
@@ -212,6 +256,9 @@ class TRMLayer(AdapterLayer):
         self.transform_cores = nn.ParameterList(
             [nn.Parameter(identity_core(size, R, dtype, device).clone()) for size in self.in_factors]
         )
+        # The init cores E_d of T - I: constants, kept instead of rebuilt every step (not saved: derived from R)
+        for d, size in enumerate(self.in_factors):
+            self.register_buffer(f"identity_core_{d}", identity_core(size, R, dtype, device).clone(), persistent=False)
         self.out_factors: tuple[int, ...] = ()
         self.fan_in_factors: tuple[int, ...] = ()
         self.residual_out_cores = nn.ParameterList()
@@ -238,15 +285,66 @@ class TRMLayer(AdapterLayer):
         weight = self.base_layer.weight
         if not self.config.residual:
             return weight.new_zeros(self.out_features, self.fan_in, dtype=torch.float32)
+        up, down = self.residual_factors()
         with full_precision(weight.device):
-            out_chain = ring_vector_product([core.float() for core in self.residual_out_cores])  # [out, R, R]
-            in_chain = ring_vector_product([core.float() for core in self.residual_in_cores])  # [fan_in, R, R]
-            return torch.einsum("ors,isr->oi", out_chain, in_chain)  # trace(B-chain @ C-chain)
+            return up @ down  # trace(B-chain @ C-chain)
+
+    def identity_cores(self) -> list[torch.Tensor]:
+        """The init transform cores ``E_d``: ``[I_d, I_d, R, R]`` each."""
+        return [getattr(self, f"identity_core_{d}") for d in range(len(self.in_factors))]
+
+    def residual_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Delta = up @ down`` with ``up: [out, R^2]`` and ``down: [R^2, fan_in]`` (the two open chains), float32."""
+        with full_precision(self.base_layer.weight.device):
+            out_chain = ring_vector_product([core.float() for core in self.residual_out_cores])  # [out, R, R] (r, s)
+            in_chain = ring_vector_product([core.float() for core in self.residual_in_cores])  # [fan_in, R, R] (s, r)
+        rank = self.config.rank
+        return out_chain.reshape(-1, rank * rank), in_chain.permute(2, 1, 0).reshape(rank * rank, -1)
+
+    def prefers_activation_form(self, x: torch.Tensor) -> bool:
+        """The documented rule: the activation form when its estimated multiply-adds for this input are fewer.
+
+        With ``N`` input positions (tokens, or ``B * H * W`` for a convolution) and ``N'`` output positions:
+
+        * weight form: ``2 * out * fan_in * in`` (``W0 (T - I)`` and its backward) ``+ N' * out * fan_in`` (the dense
+          weight gradient) ``+ 2 * R^2 * out * fan_in`` (``Delta`` and its backward);
+        * activation form: ``3 * N * in^2`` (``(T - I) x``, its input and its ``T`` gradient)
+          ``+ 3 * N' * R^2 * (fan_in + out)`` (the residual pair of layers).
+
+        The frozen layer's own forward and input gradient, and building ``T - I``, cost the same in both.
+        """
+        if not self.activation_form_allowed:
+            return False
+        positions = x.numel() // self.in_features
+        out_positions = positions
+        if self.is_conv:
+            stride = self.base_layer.stride
+            out_positions = max(1, positions // (stride[0] * stride[1]))
+        R, out, fan_in, n_in = self.config.rank, self.out_features, self.fan_in, self.in_features
+        weight_form = 2 * out * fan_in * n_in + out_positions * out * fan_in
+        activation_form = 3 * positions * n_in * n_in
+        if self.config.residual:
+            weight_form += 2 * R * R * out * fan_in
+            activation_form += 3 * out_positions * R * R * (fan_in + out)
+        return activation_form < weight_form
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged or not self.prefers_activation_form(x):
+            return super().forward(x)
+        with full_precision(x.device):
+            t_minus_identity = ring_matrix_minus_identity(self.transform_cores, self.identity_cores())  # [in, in]
+        mix = t_minus_identity.to(x.dtype)
+        change = F.conv2d(x, mix[:, :, None, None]) if self.is_conv else F.linear(x, mix)  # (T - I) x
+        out = self.base_layer(x + change.to(x.dtype))
+        if self.config.residual:
+            up, down = self.residual_factors()
+            out = out + self.low_rank_forward(x, down.to(x.dtype), up.to(x.dtype))
+        return out
 
     def compute_delta_weight(self) -> torch.Tensor:
         weight = self.base_layer.weight
         with full_precision(weight.device):
-            t_minus_identity = ring_matrix_minus_identity(self.transform_cores)  # [in, in] float32
+            t_minus_identity = ring_matrix_minus_identity(self.transform_cores, self.identity_cores())  # [in, in] f32
             if self.is_conv:
                 # W0 (T - I): [out, in, kh, kw] x [in, in'] -> [out, in', kh, kw] (T mixes input channels only)
                 transformed = torch.einsum("oihw,ij->ojhw", weight.float(), t_minus_identity)

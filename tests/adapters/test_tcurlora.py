@@ -151,17 +151,24 @@ def test_every_trainable_number_of_a_model_receives_gradient():
             assert torch.count_nonzero(parameter.grad) == parameter.numel(), name
 
 
-def test_group_delta_computed_once_per_forward(monkeypatch):
+def test_group_factors_computed_once_per_forward(monkeypatch):
     model = vit(depth=3)
     inject_adapters(model, "tcurlora", ["attn", "mlp"], rank=1)
     calls = []
-    original = TCURGroup.compute_delta
-    monkeypatch.setattr(TCURGroup, "compute_delta", lambda self: calls.append(self) or original(self))
+    for method in ("compute_delta", "compute_left_factors"):  # the dense and the activation form's factors
+        original = getattr(TCURGroup, method)
+        monkeypatch.setattr(TCURGroup, method, lambda self, f=original, m=method: calls.append((self, m)) or f(self))
+
+    def check_calls() -> None:
+        groups = list(tcurlora_groups(model).values())
+        assert len(calls) == len(set(calls))  # each group builds each form's factors at most once
+        assert {group for group, _ in calls} == set(groups) and len(groups) == 3
+
     model(torch.randn(1, 3, 32, 32))
-    assert len(calls) == len(tcurlora_groups(model)) == 3
+    check_calls()
     calls.clear()
     model(torch.randn(1, 3, 32, 32)).sum().backward()  # a second pass recomputes (fresh graph)
-    assert len(calls) == 3
+    check_calls()
 
 
 def test_conv_members_on_resnet():
