@@ -177,7 +177,7 @@ def ring_matrix_minus_identity(
     updates = [(core - e).float() for core, e in zip(cores, identity)]  # A_d - E_d, exactly zero at init
     if len(cores) == 1:
         return torch.einsum("abrr->ab", updates[0])
-    rank, sizes = cores[0].shape[2], [core.shape[0] for core in cores]
+    rank = cores[0].shape[2]
     # The kron(Q_d, eye(L)) terms touch only the diagonal blocks: collect the Q_d first, add them in place at the end
     # (dense [in, in] passes cost memory bandwidth, the dominant cost for wide layers).
     highs = [updates[-1].sum(dim=(2, 3))]  # d = D: Q_D is A_D - E_D summed over its ring slots

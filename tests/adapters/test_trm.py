@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from medpeft.adapters import TRMConfig, TRMLayer, regularization_loss
-from medpeft.adapters.trm import balanced_factors, ring_matrix
+from medpeft.adapters.trm import balanced_factors, identity_core, ring_matrix, ring_matrix_minus_identity
 
 
 def little_endian(index: int, sizes: tuple[int, ...]) -> list[int]:
@@ -157,6 +157,35 @@ def test_regularizer_gradient_finite_at_init():
     assert all(torch.isfinite(c.grad).all() for c in layer.transform_cores)
 
 
-@pytest.mark.parametrize("n, order, expected", [(768, 3, (8, 8, 12)), (192, 3, (4, 6, 8)), (3, 3, (1, 1, 3)), (12, 2, (3, 4))])
+@pytest.mark.parametrize(
+    "n, order, expected", [(768, 3, (8, 8, 12)), (192, 3, (4, 6, 8)), (3, 3, (1, 1, 3)), (12, 2, (3, 4))]
+)
 def test_balanced_factors(n, order, expected):
     assert balanced_factors(n, order) == expected
+
+
+@pytest.mark.parametrize("sizes", [(5,), (2, 3), (2, 3, 4), (2, 2, 3, 2)])
+@pytest.mark.parametrize("rank", [1, 3])
+def test_transform_minus_identity_value_and_gradient(sizes, rank):
+    """The telescoped ``T - I`` (one dense contraction, diagonal blocks added in place) against ``T - I`` from the
+    entry-by-entry reference, and its gradient against autograd through the plain ``ring_matrix``."""
+    generator = torch.Generator().manual_seed(0)
+    cores = [
+        (
+            identity_core(s, rank, torch.float64, "cpu")
+            + 0.1 * torch.randn(s, s, rank, rank, generator=generator, dtype=torch.float64)
+        ).requires_grad_()
+        for s in sizes
+    ]
+    n = math.prod(sizes)
+    weights = torch.randn(n, n, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(
+        ring_matrix_minus_identity(cores).double(), dense_transform(cores) - torch.eye(n, dtype=torch.float64)
+    )
+    (ring_matrix_minus_identity(cores).double() * weights).sum().backward()
+    fast = [core.grad.clone() for core in cores]
+    for core in cores:
+        core.grad = None
+    (ring_matrix(cores) * weights).sum().backward()
+    for got, expected in zip(fast, (core.grad for core in cores)):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
