@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from medpeft.adapters import regularization_loss
+from medpeft.experiment.config import LossConfig
 
 __all__ = ["NonFiniteLossError", "SegmentationModule", "warmup_cosine"]
 
@@ -85,7 +86,8 @@ class SegmentationModule(pl.LightningModule):
         freeze_encoder_norm: Keep the encoder's BatchNorm layers in eval mode during training (running statistics
             unchanged).
         loss_options: Keyword arguments of ``DiceCELoss`` beyond ``to_onehot_y`` and ``softmax`` (``batch``,
-            ``include_background``, ``lambda_dice``, ``lambda_ce``, ``smooth_nr``, ``smooth_dr``).
+            ``include_background``, ``lambda_dice``, ``lambda_ce``, ``smooth_nr``, ``smooth_dr``); ``None``: the
+            config's defaults (:class:`~medpeft.experiment.config.LossConfig`).
         nonfinite_loss: What a NaN or infinite training loss does: ``"stop"`` raises :class:`NonFiniteLossError`
             before any weight is touched (the checkpoints already written stay the last good ones); ``"skip"``
             drops the batch (no backward, no weight update, BatchNorm statistics restored; the learning-rate
@@ -110,7 +112,8 @@ class SegmentationModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, **(loss_options or {}))
+        options = LossConfig().dice_ce_options() if loss_options is None else loss_options
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, **options)
         self.val_dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
         self.skipped_batches = 0
         # Lightning 2.x does not call train() when fit starts: it keeps (and after validation restores) each
