@@ -1,11 +1,11 @@
 """Typed experiment configuration: the schema of ``configs/*.yaml`` and its loader.
 
 A config file has the sections ``data``, ``model``, ``adapter``, ``optim`` and ``trainer`` plus the top-level
-keys ``seed`` and ``output_dir``. Each section is a small dataclass whose type hints *are* the schema (the
-LightningCLI idea of "the signature is the schema", without jsonargparse): :func:`load_config` walks the hints
-to reject unknown keys, wrong types, bad choices and missing required keys before any work starts, and each
-dataclass checks its value ranges in ``__post_init__``. Every error is a :class:`ConfigError` whose one-line
-message names the dotted key path and where the value came from (the file or the ``--set`` override).
+keys ``seed`` and ``output_dir``. Each section is a small pydantic model whose type hints *are* the schema:
+pydantic (strict, unknown keys forbidden) rejects unknown keys, wrong types, bad choices and missing required keys
+before any work starts, and each section checks its value ranges in an after-validator. Every problem becomes one
+line of a :class:`ConfigError` naming the dotted key path and where the value came from (the file or the ``--set``
+override); only those messages, the "did you mean" hints and the range checks are ours.
 
 Example:
     .. code-block:: python
@@ -16,18 +16,17 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import inspect
 import os
 import re
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medpeft.data.augmentation import build_augmentation, resolve_augmentation
 from medpeft.io import write_text_atomic
@@ -112,8 +111,19 @@ def _require(ok: bool, key: str, problem: str) -> None:
         raise _FieldError(key, problem)
 
 
-@dataclass
-class DataConfig:
+class _Section(BaseModel):
+    """A config section: strict types (no ``"8"`` for ``8``, no ``true`` for ``1``), no unknown keys; a section
+    whose keys are all commented out (``model:`` reads as ``null``) is an empty mapping."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_empty(cls, data: Any) -> Any:
+        return {} if data is None else data
+
+
+class DataConfig(_Section):
     """The ``data`` section: which dataset and how it is split and batched.
 
     Args:
@@ -146,9 +156,10 @@ class DataConfig:
     split_seed: int | None = None
     augmentation: str | list[dict[str, Any]] | None = None
     test_resolution: str = "train"
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check_ranges(self) -> DataConfig:
         _require(self.image_size >= 8, "image_size", f"must be >= 8, got {self.image_size}")
         resolutions = ("train", "native")
         problem = f"must be one of {resolutions}, got {self.test_resolution!r}"
@@ -166,10 +177,10 @@ class DataConfig:
                 build_augmentation(resolve_augmentation(self.augmentation, "none"))
             except ValueError as err:
                 raise _FieldError("augmentation", f"is invalid: {err}") from None
+        return self
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     """The ``model`` section, passed to :func:`medpeft.models.build_segmenter`.
 
     Args:
@@ -191,14 +202,15 @@ class ModelConfig:
     num_classes: int = 2
     decoder_channels: list[int] | None = None
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check_ranges(self) -> ModelConfig:
         _require(self.in_channels >= 1, "in_channels", f"must be >= 1, got {self.in_channels}")
         classes = self.num_classes
         _require(classes >= 2, "num_classes", f"must be >= 2 (background + foreground), got {classes}")
+        return self
 
 
-@dataclass
-class AdapterConfig:
+class AdapterConfig(_Section):
     """The ``adapter`` section: how the encoder is fine-tuned. The decoder always trains.
 
     Options that the chosen ``method`` does not use are ignored, so one file can switch methods with a single
@@ -229,7 +241,7 @@ class AdapterConfig:
     """
 
     method: Method
-    targets: list[str] = field(default_factory=lambda: ["attn", "mlp"])
+    targets: list[str] = Field(default_factory=lambda: ["attn", "mlp"])
     blocks: list[int] | None = None
     rank: int | None = None
     alpha: float | None = None
@@ -241,7 +253,8 @@ class AdapterConfig:
     grouping: Literal["shape", "name"] = "shape"
     adapt_norm: bool | None = None
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check_ranges(self) -> AdapterConfig:
         if self.adapt_norm is None:
             self.adapt_norm = ADAPT_NORM_DEFAULTS[self.method]
         if self.method in PEFT_METHODS:
@@ -254,6 +267,7 @@ class AdapterConfig:
         _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         _require(self.order >= 2, "order", f"must be >= 2, got {self.order}")
         _require(self.reg_weight >= 0.0, "reg_weight", f"must be >= 0, got {self.reg_weight}")
+        return self
 
     def method_options(self) -> dict[str, Any]:
         """Return the keyword options of :func:`medpeft.adapters.inject_adapters` specific to ``method``."""
@@ -266,8 +280,7 @@ class AdapterConfig:
         return {}
 
 
-@dataclass
-class LossConfig:
+class LossConfig(_Section):
     """The ``loss`` section: MONAI's ``DiceCELoss`` on softmax outputs (plus the adapters' regulariser).
 
     Args:
@@ -291,11 +304,13 @@ class LossConfig:
     lambda_ce: float = 1.0
     smooth: float = 1.0
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check_ranges(self) -> LossConfig:
         _require(self.lambda_dice >= 0.0, "lambda_dice", f"must be >= 0, got {self.lambda_dice}")
         _require(self.lambda_ce >= 0.0, "lambda_ce", f"must be >= 0, got {self.lambda_ce}")
         _require(self.lambda_dice + self.lambda_ce > 0.0, "lambda_ce", "and lambda_dice cannot both be 0")
         _require(self.smooth > 0.0, "smooth", f"must be > 0, got {self.smooth}")
+        return self
 
     def dice_ce_options(self) -> dict[str, Any]:
         """Keyword arguments of MONAI's ``DiceCELoss`` beyond ``to_onehot_y`` and ``softmax``."""
@@ -309,8 +324,7 @@ class LossConfig:
         }
 
 
-@dataclass
-class OptimConfig:
+class OptimConfig(_Section):
     """The ``optim`` section: AdamW with linear warmup then cosine decay, stepped every optimizer step.
 
     Args:
@@ -337,7 +351,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.01
     nonfinite_loss: str = "stop"
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check_ranges(self) -> OptimConfig:
         _require(self.lr > 0.0, "lr", f"must be > 0, got {self.lr}")
         choices = ("stop", "skip")
         _require(
@@ -349,10 +364,10 @@ class OptimConfig:
         _require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         if self.encoder_lr is not None:
             _require(self.encoder_lr > 0.0, "encoder_lr", f"must be > 0, got {self.encoder_lr}")
+        return self
 
 
-@dataclass
-class Config:
+class Config(_Section):
     """A whole experiment: the five sections plus the global seed and output directory.
 
     Args:
@@ -377,15 +392,16 @@ class Config:
     data: DataConfig
     model: ModelConfig
     adapter: AdapterConfig
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    trainer: dict[str, Any] = field(default_factory=dict)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    trainer: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     output_dir: str = "runs"
     name: str | None = None
     checkpoint_every_n_steps: int = 100
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check_ranges(self) -> Config:
         n = self.checkpoint_every_n_steps
         _require(isinstance(n, int) and n >= 0, "checkpoint_every_n_steps", f"must be an int >= 0, got {n!r}")
         if self.data.split_seed is None:
@@ -393,6 +409,7 @@ class Config:
         if self.optim.encoder_lr is None:
             self.optim.encoder_lr = self.optim.lr * ENCODER_LR_SCALES[self.adapter.method]
         _check_trainer_keys(self.trainer)
+        return self
 
     @property
     def label(self) -> str:
@@ -401,7 +418,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain nested dicts and lists, in schema order (what :func:`save_config` writes)."""
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
 def _check_trainer_keys(trainer: dict[str, Any]) -> None:
@@ -456,10 +473,6 @@ class _Sources:
         return self.file
 
 
-def _fail(problem: str, key: str, sources: _Sources, hint: str = "") -> typing.NoReturn:
-    raise ConfigError(f"{problem} in {sources.of(key)}{hint}")
-
-
 def _is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
@@ -487,77 +500,70 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _matches(value: Any, tp: Any) -> bool:
-    """Whether ``value`` (already YAML-parsed) fits the type hint ``tp``; ints are accepted for floats."""
-    if tp is Any:
-        return True
-    if _is_union(tp):
-        return any(_matches(value, a) for a in typing.get_args(tp))
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return value in typing.get_args(tp)
-    if origin is list:
-        return isinstance(value, list) and all(_matches(v, typing.get_args(tp)[0]) for v in value)
-    if origin is dict or tp is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:  # bool is a subclass of int, but `batch_size: true` is a mistake
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, tp)
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, _Section)
 
 
-def _coerce(value: Any, tp: Any) -> Any:
-    """Convert an int to float where the hint is exactly ``float`` so the resolved config is typed faithfully."""
-    if tp is float and isinstance(value, int):
-        return float(value)
-    if _is_union(tp) and not any(_matches(value, a) for a in typing.get_args(tp) if a is not float):
-        return _coerce(value, float) if float in typing.get_args(tp) else value
-    return value
+def _field_path(loc: tuple[int | str, ...]) -> tuple[list[str], Any]:
+    """The longest prefix of a pydantic error location that names config keys, and the last key's type hint.
+
+    What follows it is pydantic's own detail (a union arm, a list index) or an unknown key.
+    """
+    section: Any = Config
+    path: list[str] = []
+    hint: Any = Config
+    for part in loc:
+        if section is None or not isinstance(part, str) or part not in section.model_fields:
+            break
+        path.append(part)
+        hint = section.model_fields[part].annotation
+        section = hint if _is_section(hint) else None
+    return path, hint
 
 
-def _build(cls: type, raw: Any, prefix: str, sources: _Sources) -> Any:
-    """Type-check the mapping ``raw`` against dataclass ``cls`` (recursively) and construct it."""
-    where = prefix or "the top level"
-    if raw is None:  # a section whose keys are all commented out, e.g. `model:`
-        raw = {}
-    if not isinstance(raw, dict):
-        _fail(f"'{where}' must be a mapping, got {type(raw).__name__} {raw!r}", prefix, sources)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            path = f"{prefix}.{key}" if prefix else str(key)
-            _fail(f"unknown key '{path}'", path, sources, hint=_did_you_mean(str(key), list(fields)))
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        path = f"{prefix}.{name}" if prefix else name
-        tp = hints[name]
-        if name not in raw:
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            if required:
-                _fail(f"missing required key '{path}'", path, sources)
-            continue
-        value = raw[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, path, sources)
-        elif not _matches(value, tp):
-            choices = _literal_choices(tp)
-            if choices is not None:
-                shown = ", ".join("null" if c is None else str(c) for c in choices)
-                _fail(f"'{path}' must be one of {shown}; got {value!r}", path, sources)
-            _fail(f"'{path}' must be {_describe(tp)}, got {type(value).__name__} {value!r}", path, sources)
-        else:
-            kwargs[name] = _coerce(value, tp)
+def _lookup(raw: Any, path: list[str]) -> Any:
+    for part in path:
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+def _problem(error: dict[str, Any], raw: dict[str, Any], sources: _Sources) -> str:
+    """One line for one pydantic error, in our words: key path, what is wrong, and where the value came from."""
+    path, hint = _field_path(error["loc"])
+    key = ".".join(path)
+    kind = error["type"]
+    cause = error.get("ctx", {}).get("error")
+    if kind == "value_error" and isinstance(cause, _FieldError):  # a range check of ours
+        key = ".".join([*path, cause.key])
+        return f"'{key}' {cause.problem} in {sources.of(key)}{cause.hint}"
+    if kind == "extra_forbidden":
+        unknown = str(error["loc"][len(path)])
+        key = ".".join([*path, unknown])
+        allowed = list((hint if path else Config).model_fields)
+        return f"unknown key '{key}' in {sources.of(key)}{_did_you_mean(unknown, allowed)}"
+    if kind == "missing":
+        return f"missing required key '{key}' in {sources.of(key)}"
+    value = _lookup(raw, path)
+    if _is_section(hint):
+        return (
+            f"'{key or 'the top level'}' must be a mapping, got {type(value).__name__} {value!r} in {sources.of(key)}"
+        )
+    choices = _literal_choices(hint)
+    if choices is not None:
+        shown = ", ".join("null" if c is None else str(c) for c in choices)
+        return f"'{key}' must be one of {shown}; got {value!r} in {sources.of(key)}"
+    if kind == "value_error":
+        return f"'{key}' {cause or error['msg']} in {sources.of(key)}"
+    return f"'{key}' must be {_describe(hint)}, got {type(value).__name__} {value!r} in {sources.of(key)}"
+
+
+def _validate(raw: dict[str, Any], sources: _Sources) -> Config:
+    """Build the config with pydantic; every problem it finds becomes one line of the :class:`ConfigError`."""
     try:
-        return cls(**kwargs)
-    except _FieldError as err:
-        path = f"{prefix}.{err.key}" if prefix else err.key
-        _fail(f"'{path}' {err.problem}", path, sources, err.hint)
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        lines = list(dict.fromkeys(_problem(error, raw, sources) for error in err.errors()))  # union arms repeat
+        raise ConfigError("\n".join(lines)) from None
 
 
 def _apply_override(raw: dict[str, Any], text: str, sources: _Sources) -> None:
@@ -577,11 +583,11 @@ def _apply_override(raw: dict[str, Any], text: str, sources: _Sources) -> None:
         path = ".".join(parts[: i + 1])
         last = i == len(parts) - 1
         if cls is not None:
-            names = [f.name for f in dataclasses.fields(cls)]
+            names = list(cls.model_fields)
             if part not in names:
                 raise ConfigError(f"unknown key '{path}' in override --set {text}{_did_you_mean(part, names)}")
-            tp = typing.get_type_hints(cls)[part]
-            cls = tp if dataclasses.is_dataclass(tp) else None
+            tp = cls.model_fields[part].annotation
+            cls = tp if _is_section(tp) else None
             if not last and cls is None and not (typing.get_origin(tp) is dict or tp is dict):
                 raise ConfigError(f"'{path}' is not a section, so '{key}' cannot be set in override --set {text}")
         if last:
@@ -609,7 +615,8 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
 
     Raises:
         ConfigError: The file is missing or not YAML, a key is unknown or missing, a value has the wrong type,
-            choice or range, or a trainer key is not accepted. The message names the key path and its source.
+            choice or range, or a trainer key is not accepted. One line per problem, naming the key path and its
+            source.
     """
     file = str(path)
     try:
@@ -625,7 +632,7 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
         raise ConfigError(f"{file} must contain a mapping of sections, got {type(raw).__name__}")
     for text in overrides:
         _apply_override(raw, text, sources)
-    return _build(Config, raw, "", sources)
+    return _validate(raw, sources)
 
 
 def config_from_text(text: str, source: str) -> Config:
@@ -636,7 +643,7 @@ def config_from_text(text: str, source: str) -> Config:
         raise ConfigError(f"{source} does not hold a valid YAML config: {' '.join(str(err).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source} must hold a mapping of config sections")
-    return _build(Config, raw, "", _Sources(source))
+    return _validate(raw, _Sources(source))
 
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:

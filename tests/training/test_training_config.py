@@ -84,10 +84,22 @@ def test_unknown_key_names_path_file_and_allowed(config_file: Path) -> None:
 def test_wrong_type_names_path(config_file: Path) -> None:
     message = _error(config_file, text=MINIMAL + "seed: one\n")
     assert message.startswith("'seed' must be int, got str 'one'")
-    message = _error(config_file, ["data.batch_size=eight"])
+    message = _error(config_file, ["data.batch_size=eight"], text=MINIMAL)
     assert "'data.batch_size' must be int, got str 'eight'" in message
     assert "--set data.batch_size=eight" in message
     assert "'data.batch_size' must be int, got bool" in _error(config_file, ["data.batch_size=true"])
+
+
+def test_every_problem_gets_its_own_line(config_file: Path) -> None:
+    config_file.write_text(MINIMAL.replace("  rank: 4", "  rnak: 4") + "seed: one\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file, ["data.batch_size=0", "optim.lr=fast"])
+    lines = str(info.value).splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith("'data.batch_size' must be >= 1, got 0 in override --set data.batch_size=0")
+    assert lines[1].startswith("unknown key 'adapter.rnak'")
+    assert lines[2].startswith("'optim.lr' must be float, got str 'fast' in override --set optim.lr=fast")
+    assert lines[3].startswith("'seed' must be int, got str 'one'")
 
 
 def test_bad_choice_lists_choices(config_file: Path) -> None:
