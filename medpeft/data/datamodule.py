@@ -10,6 +10,10 @@ Decisions:
   and can be saved with every run; building an uncached split only lists files. Only ``train`` and ``val`` use
   ``cache_rate``: the test split is read once, at the end.
 * The test split is held out: it is never used for training or model selection (``val`` is).
+* A broken case (unreadable or truncated file, unexpected mask values, image and mask of different sizes) is a
+  :class:`~medpeft.data.transforms.CaseFileError` naming the file, by default (``bad_cases="error"``). With
+  ``bad_cases="skip"`` setup reads every case once (a progress bar), drops the broken ones from their split and lists
+  them in :attr:`SegmentationDataModule.skipped_cases`; the saved split holds only the cases that were used.
 * Loaders are ``monai.data.DataLoader``: it seeds the random transforms of every worker from the loader's generator,
   so augmentation is reproducible for any ``num_workers``. The training loader shuffles with a generator seeded by
   ``seed``; val / test loaders keep a fixed order and never augment.
@@ -20,15 +24,17 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from monai.data import DataLoader
+from tqdm.auto import tqdm
 
 from medpeft.data.augmentation import AugmentationSpec
-from medpeft.data.registry import DATASETS, SegmentationDataset, build_dataset, dataset_info
+from medpeft.data.registry import DATASETS, SegmentationDataset, build_dataset, dataset_info, make_dataset
 from medpeft.data.splits import SPLIT_NAMES, save_split_json
+from medpeft.data.transforms import CaseFileError
 
 __all__ = ["SegmentationDataModule"]
 
@@ -51,6 +57,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             policy name or a list of albumentations steps (:mod:`medpeft.data.augmentation`).
         cache_rate: Fraction of train / val cases kept in memory after loading and resizing (MONAI
             ``CacheDataset``); ``0`` reads files on every access.
+        bad_cases: ``"error"``: a broken case stops the run with a :class:`~medpeft.data.transforms.CaseFileError`
+            naming the file (when it is first read); ``"skip"``: every case is read once in ``setup`` and the broken
+            ones are left out and listed in :attr:`skipped_cases`.
         **dataset_options: Dataset-specific options passed to the dataset's builder (``data.options`` in a
             config), e.g. ``include_normal`` for BUSI; an option the builder does not take is a ``TypeError``.
 
@@ -75,10 +84,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         test_fraction: float = 0.15,
         augment: AugmentationSpec = True,
         cache_rate: float = 0.0,
+        bad_cases: Literal["error", "skip"] = "error",
         **dataset_options: Any,
     ) -> None:
         super().__init__()
         info = dataset_info(dataset)  # fails early, listing the registered names
+        if bad_cases not in ("error", "skip"):
+            raise ValueError(f"bad_cases must be 'error' or 'skip', got {bad_cases!r}")
         if image_size < 1 or batch_size < 1 or num_workers < 0:
             raise ValueError(
                 f"need image_size >= 1, batch_size >= 1 and num_workers >= 0, "
@@ -101,7 +113,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.augment = augment
         self.cache_rate = cache_rate
         self.dataset_options = dataset_options
+        self.bad_cases = bad_cases
         self.datasets: dict[str, SegmentationDataset] = {}
+        #: Broken cases left out with ``bad_cases="skip"``: ``{"split", "case", "file", "problem"}`` each.
+        self.skipped_cases: list[dict[str, str]] = []
 
     @property
     def num_classes(self) -> int:
@@ -136,7 +151,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         for name in SPLIT_NAMES:
             if name in self.datasets:
                 continue
-            self.datasets[name] = build_dataset(
+            cache_rate = self.cache_rate if name != "test" else 0.0
+            dataset = build_dataset(
                 self.dataset,
                 self.root,
                 split=name,
@@ -145,9 +161,31 @@ class SegmentationDataModule(pl.LightningDataModule):
                 val_fraction=self.val_fraction,
                 test_fraction=self.test_fraction,
                 augment=self.augment if name == "train" else False,
-                cache_rate=self.cache_rate if name != "test" else 0.0,
+                cache_rate=0.0 if self.bad_cases == "skip" else cache_rate,  # a cache would read (and fail) now
                 **self.dataset_options,
             )
+            if self.bad_cases == "skip":
+                dataset = self._without_broken_cases(name, dataset, cache_rate)
+            self.datasets[name] = dataset
+
+    def _without_broken_cases(
+        self, split: str, dataset: SegmentationDataset, cache_rate: float
+    ) -> SegmentationDataset:
+        """Read every case once; return the dataset of the readable ones and record the others."""
+        broken: set[int] = set()
+        for index in tqdm(range(len(dataset)), desc=f"checking {split} cases", unit="case", leave=False):
+            try:
+                dataset[index]
+            except CaseFileError as err:
+                broken.add(index)
+                problem = str(err).removeprefix(f"{err.path}: ")
+                self.skipped_cases.append(
+                    {"split": split, "case": dataset.case_ids[index], "file": err.path, "problem": problem}
+                )
+        if not broken and cache_rate == 0.0:
+            return dataset
+        records = [record for index, record in enumerate(dataset.data) if index not in broken]
+        return make_dataset(records, dataset.transform, cache_rate=cache_rate)
 
     def save_split(self, path: str | os.PathLike[str]) -> Path:
         """Write :attr:`split` to ``path`` as JSON, atomically (temporary file, then ``os.replace``).

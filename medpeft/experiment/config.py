@@ -143,6 +143,10 @@ class DataConfig(_Section):
         test_resolution: Where 2D test images are scored at the end of training: ``"train"`` (``S x S``, the
             default) or ``"native"`` (each image's own size, as the ISIC challenge scores); volumes are always scored
             on their own voxel grid. ``scripts/evaluate.py --resolution`` chooses per evaluation.
+        bad_cases: ``"error"`` (default): a broken case (unreadable or truncated file, unexpected mask values, image
+            and mask of different sizes) stops the run with a message naming the file; ``"skip"``: every case is read
+            once before training, broken ones are left out of their split, listed in the run's
+            ``skipped_cases.json`` and counted in ``metrics.json``.
         options: Dataset-specific keyword arguments passed through to the data module unchecked.
     """
 
@@ -156,6 +160,7 @@ class DataConfig(_Section):
     split_seed: int | None = None
     augmentation: str | list[dict[str, Any]] | None = None
     test_resolution: str = "train"
+    bad_cases: Literal["error", "skip"] = "error"
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

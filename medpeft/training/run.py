@@ -197,6 +197,7 @@ def _build_datamodule(cfg: Config) -> SegmentationDataModule:
             val_fraction=data.val_fraction,
             test_fraction=data.test_fraction,
             augment=True if data.augmentation is None else data.augmentation,
+            bad_cases=data.bad_cases,
             **data.options,
         )
     except (TypeError, ValueError) as err:  # unregistered dataset, or a data.options key it does not take
@@ -206,6 +207,8 @@ def _build_datamodule(cfg: Config) -> SegmentationDataModule:
         datamodule.setup("fit")
     except DatasetNotFoundError as err:
         exit_with_error(str(err))
+    for skipped in datamodule.skipped_cases:
+        print(f"skipped {skipped['split']} case {skipped['case']}: {skipped['file']}: {skipped['problem']}")
     for key, found in (("num_classes", datamodule.num_classes), ("in_channels", datamodule.in_channels)):
         configured = getattr(cfg.model, key)
         if found != configured:
@@ -337,6 +340,8 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"run directory: {run_dir}")
         save_config(cfg, run_dir / "config.yaml")
         datamodule.save_split(run_dir / "split.json")
+        if datamodule.skipped_cases:
+            write_text_atomic(run_dir / "skipped_cases.json", json.dumps(datamodule.skipped_cases, indent=2) + "\n")
     else:
         run_dir = resume_dir
         os.environ[_RUN_DIR_ENV] = str(run_dir)  # DDP children resume in it too
@@ -391,6 +396,7 @@ def main(argv: list[str] | None = None) -> Path:
     metrics = collect_metrics(cfg, net, result.summary, run_dir, len(adapted), best, train_seconds, throughput)
     metrics["resumed_from_step"] = resumed_step  # last.ckpt now holds the final state
     metrics["task_file_bytes"] = task_file_bytes
+    metrics["skipped_cases"] = len(datamodule.skipped_cases)  # data.bad_cases: skip; listed in skipped_cases.json
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
     unit = metrics["distance_unit"]

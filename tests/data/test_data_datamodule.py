@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from medpeft.data import SegmentationDataModule
+from medpeft.data.transforms import CaseFileError
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,29 @@ def test_training_order_and_augmentation_are_seeded(demo_root: Path) -> None:
     dm.setup("validate")
     v1, v2 = next(iter(dm.val_dataloader())), next(iter(dm.val_dataloader()))
     assert v1["name"] == sorted(v1["name"]) and torch.equal(v1["image"], v2["image"])
+
+
+@pytest.mark.parametrize("cache_rate", [0.0, 1.0])
+def test_broken_case_named_or_skipped_and_counted(tmp_path: Path, cache_rate: float) -> None:
+    root = tmp_path / "demo"
+    _datamodule(root).prepare_data()
+    broken = root / "ISIC2018_Task1-2_Training_Input" / "ISIC_0000007.jpg"
+    broken.write_bytes(broken.read_bytes()[:300])  # truncated download
+
+    with pytest.raises(CaseFileError) as info:  # default: the first read names the file
+        dm = _datamodule(root, cache_rate=cache_rate)
+        dm.setup("fit")
+        for name in ("train", "val", "test"):
+            for index in range(len(dm.datasets[name])):
+                dm.datasets[name][index]
+    assert info.value.path == str(broken)
+
+    dm = _datamodule(root, cache_rate=cache_rate, bad_cases="skip")
+    dm.setup("fit")
+    assert [(case["case"], case["file"]) for case in dm.skipped_cases] == [("ISIC_0000007", str(broken))]
+    assert "cannot read image" in dm.skipped_cases[0]["problem"]
+    cases = [case for ids in dm.split.values() for case in ids]
+    assert len(cases) == 299 and "ISIC_0000007" not in cases
+    for name in ("train", "val", "test"):  # every case left in is readable
+        for index in range(len(dm.datasets[name])):
+            dm.datasets[name][index]

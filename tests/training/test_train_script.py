@@ -168,3 +168,17 @@ def test_tasks_of_one_slurm_job_share_a_run_dir(tmp_path: Path, monkeypatch: pyt
     assert first == second == tmp_path / "exp" / "slurm-4242" and first.is_dir()
     monkeypatch.setenv("SLURM_NTASKS", "1")  # one task (an interactive allocation): timestamped as usual
     assert make_run_dir(tmp_path, "exp").name != "slurm-4242"
+
+
+def test_skipped_cases_are_listed_and_counted(train_script, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = generate_demo_isic(tmp_path / "demo")
+    broken = root / "ISIC2018_Task1-2_Training_Input" / "ISIC_0000003.jpg"
+    broken.write_bytes(broken.read_bytes()[:300])
+    monkeypatch.chdir(tmp_path)
+    overrides = [*TINY, f"data.root={root}", "output_dir=runs", "data.bad_cases=skip"]
+    run_dir = train_script.main(["--config", str(REPO / "configs" / "demo_decoder_only.yaml"), "--set", *overrides])
+    assert json.loads((run_dir / "metrics.json").read_text())["skipped_cases"] == 1
+    [skipped] = json.loads((run_dir / "skipped_cases.json").read_text())
+    assert skipped["case"] == "ISIC_0000003" and skipped["file"] == str(broken)
+    split = json.loads((run_dir / "split.json").read_text())
+    assert all("ISIC_0000003" not in ids for ids in split.values())
