@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from medpeft.adapters.tcurlora import TCURLoRALayer
+from medpeft.adapters.trm import TRMLayer
 from medpeft.benchmark import build_setup, main
+from medpeft.benchmark.forms import FORM_POLICIES, force_form
 from medpeft.benchmark.measure import peak_training_memory_mb
 
 KEYS = {
@@ -34,6 +37,26 @@ def test_quick_benchmark_writes_consistent_records(tmp_path: Path) -> None:
         lora["step_time_s"] / by_method["peft_lora"]["step_time_s"]
     )
     assert by_method["full"]["trainable_params"] > by_method["decoder_only"]["trainable_params"]
+    forms = {(r["method"], r["policy"]): r for r in saved["forms"]}
+    assert set(forms) == {(m, p) for m in ("trm", "tcurlora") for p in FORM_POLICIES}
+    assert all(forms[m, "rule"]["step_time_ratio_vs_rule"] == 1.0 for m in ("trm", "tcurlora"))
+    assert "| vit_tiny_patch16_224 | trm | activation |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("method", ["trm", "tcurlora"])
+def test_force_form_switches_every_layer_and_back(method: str) -> None:
+    setup = build_setup("vit_tiny_patch16_224", method, 32, torch.device("cpu"))
+    layers = [m for m in setup.net.modules() if isinstance(m, (TRMLayer, TCURLoRALayer))]
+
+    def chosen() -> set[bool]:
+        return {layer.prefers_activation_form(torch.empty(2, 5, layer.in_features)) for layer in layers}
+
+    rule = chosen()
+    assert force_form(setup.net, "dense") == len(layers) > 0 and chosen() == {False}
+    force_form(setup.net, "activation")
+    assert chosen() == {True}  # plain nn.Linear layers: all may
+    force_form(setup.net, "rule")
+    assert chosen() == rule
 
 
 def test_peft_lora_wraps_the_modules_our_lora_wraps() -> None:

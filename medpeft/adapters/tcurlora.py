@@ -260,15 +260,18 @@ class TCURLoRALayer(AdapterLayer):
         delta = torch.cat([slices[i] for i in self.slices])  # rows stacked: q, k, v squares -> [3 d, d]
         return delta.reshape(weight.shape).to(weight.dtype)
 
-    def prefers_activation_form(self) -> bool:
-        """The documented rule: the activation form when ``3 K (out + fan_in) < out * fan_in`` (module docstring)."""
+    def prefers_activation_form(self, x: torch.Tensor | None = None) -> bool:
+        """The documented rule: the activation form when ``3 K (out + fan_in) < out * fan_in`` (module docstring).
+
+        ``x`` is accepted for the same call as TRM's rule and not used: this rule does not depend on the batch.
+        """
         if not self.activation_form_allowed:
             return False
         out, fan_in = self.out_features, self.fan_in
         return 3 * self.group.activation_rank * (out + fan_in) < out * fan_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged or not self.prefers_activation_form():
+        if self.merged or not self.prefers_activation_form(x):
             return super().forward(x)
         lefts = self.group.member_left_factors()
         left = torch.cat([lefts[i] for i in self.slices])  # [out, 2 F r]; q, k, v share right @ x

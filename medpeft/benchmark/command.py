@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from medpeft.benchmark.forms import form_step_times
 from medpeft.benchmark.measure import interleaved_step_times, merged_latency, peak_training_memory_mb
-from medpeft.benchmark.report import build_records, machine_facts, render_markdown, write_results
+from medpeft.benchmark.report import build_form_records, build_records, machine_facts, render_markdown, write_results
 from medpeft.benchmark.setups import METHODS, build_setup
 
 __all__ = ["build_parser", "main"]
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-method peak-memory processes")
+    parser.add_argument(
+        "--no-forms", action="store_true", help="skip timing TRM / tCURLoRA with every layer forced into one form"
+    )
     parser.add_argument("--out", default="benchmarks/results", help="output path without suffix")
     parser.add_argument("--quick", action="store_true", help="smoke test: vit_tiny, 64 px, batch 2, 1 + 1 rounds")
     return parser
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     methods = [m for m in METHODS if m in args.methods]
     settings = {"img_size": args.img_size, "batch_size": batch_size, "iters": args.iters, "warmup": args.warmup}
     records: list[dict[str, Any]] = []
+    forms: list[dict[str, Any]] = []
     for encoder in tqdm(args.encoders, desc="encoders"):
         setups = [build_setup(encoder, method, args.img_size, device) for method in methods]
         params = {s.method: (s.trainable_params, s.adapter_params) for s in setups}
@@ -85,8 +90,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 None if args.no_memory else peak_training_memory_mb(encoder, method, args.img_size, batch_size, device)
             )
         records += build_records(encoder, device, settings, params, steps, merged, memory)
+        if not args.no_forms:
+            timings = form_step_times(encoder, methods, args.img_size, batch_size, args.iters, args.warmup, device)
+            forms += build_form_records(encoder, timings)
     machine = machine_facts(device)
-    paths = write_results(records, machine, Path(args.out))
-    print(render_markdown(records, machine), end="")
+    paths = write_results(records, machine, Path(args.out), forms)
+    print(render_markdown(records, machine, forms), end="")
     print(f"\nwritten to {', '.join(map(str, paths))}")
     return records

@@ -84,12 +84,34 @@ def build_records(
     return records
 
 
+def build_form_records(encoder: str, timings: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
+    """One record per method and form policy (:mod:`medpeft.benchmark.forms`), with the ratio to the rule's step."""
+    records = []
+    for method, steps in timings.items():
+        rule = statistics.median(steps["rule"])
+        for policy, times in steps.items():
+            step = statistics.median(times)
+            records.append(
+                {
+                    "encoder": encoder,
+                    "method": method,
+                    "policy": policy,
+                    "step_time_s": step,
+                    "step_time_iqr_s": _iqr(times),
+                    "step_time_ratio_vs_rule": step / rule,
+                }
+            )
+    return records
+
+
 def _cell(value: Any, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def render_markdown(records: list[dict[str, Any]], machine: dict[str, Any]) -> str:
-    """The results table, one row per record, and the machine it ran on."""
+def render_markdown(
+    records: list[dict[str, Any]], machine: dict[str, Any], forms: list[dict[str, Any]] | None = None
+) -> str:
+    """The results table, one row per record, the machine it ran on, and the forms table when given."""
     header = [
         "encoder", "method", "trainable", "adapter", "step (s, median ± IQR)", "x decoder_only", "x peft LoRA",
         "peak mem (MiB)", "x full", "merged fwd x plain",
@@ -114,13 +136,31 @@ def render_markdown(records: list[dict[str, Any]], machine: dict[str, Any]) -> s
         f"{first['img_size']} px, batch {first['batch_size']}, {first['iters']} timed rounds after {first['warmup']}"
     )
     where = ", ".join(f"{k} {v}" for k, v in machine.items())
-    return f"Setting: {setting}. Machine: {where}.\n\n" + "\n".join(lines) + "\n"
+    text = f"Setting: {setting}. Machine: {where}.\n\n" + "\n".join(lines) + "\n"
+    if forms:
+        text += (
+            "\nForward forms of the tensor adapters (same setting): every layer in its effective-weight form, every "
+            "layer that may in its activation form, and each layer's own rule (what training uses).\n\n"
+            "| encoder | method | forms | step (s, median ± IQR) | x rule |\n| --- | --- | --- | --- | --- |\n"
+        )
+        for r in forms:
+            text += (
+                f"| {r['encoder']} | {r['method']} | {r['policy']} | {r['step_time_s']:.3f} ± {r['step_time_iqr_s']:.3f}"
+                f" | {r['step_time_ratio_vs_rule']:.2f} |\n"
+            )
+    return text
 
 
-def write_results(records: list[dict[str, Any]], machine: dict[str, Any], out: str | os.PathLike[str]) -> list[Path]:
+def write_results(
+    records: list[dict[str, Any]],
+    machine: dict[str, Any],
+    out: str | os.PathLike[str],
+    forms: list[dict[str, Any]] | None = None,
+) -> list[Path]:
     """Write ``<out>.json`` and ``<out>.md`` atomically; return their paths."""
     base = Path(out)
     json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
-    write_text_atomic(json_path, json.dumps({"machine": machine, "records": records}, indent=2) + "\n")
-    write_text_atomic(md_path, render_markdown(records, machine))
+    content = {"machine": machine, "records": records, "forms": forms or []}
+    write_text_atomic(json_path, json.dumps(content, indent=2) + "\n")
+    write_text_atomic(md_path, render_markdown(records, machine, forms))
     return [json_path, md_path]
