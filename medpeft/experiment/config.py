@@ -230,6 +230,8 @@ class AdapterConfig(_Section):
         rank: Adapter rank; required for the adapter methods.
         alpha: LoRA scaling numerator (``scaling = alpha / rank``); ``None`` resolves to ``rank``, i.e. scaling 1.
         dropout: LoRA dropout on the adapter input. Defaults to ``0.0``.
+        lora_plus_ratio: LoRA+ (Hayou et al., 2024): LoRA's ``B`` factors learn at ``optim.encoder_lr`` times this,
+            its ``A`` factors at ``optim.encoder_lr``. Defaults to ``1.0`` (plain LoRA).
         order: TRM tensor-ring order (number of cores). Defaults to ``3``.
         residual: TRM: add the adapter as a residual to the frozen weight. Defaults to ``True``.
         regularizer: TRM core regularizer, ``"identity"``, ``"orthogonal"`` or ``None``. Defaults to
@@ -251,6 +253,7 @@ class AdapterConfig(_Section):
     rank: int | None = None
     alpha: float | None = None
     dropout: float = 0.0
+    lora_plus_ratio: float = 1.0
     order: int = 3
     residual: bool = True
     regularizer: Literal["identity", "orthogonal"] | None = "identity"
@@ -270,6 +273,7 @@ class AdapterConfig(_Section):
                 self.alpha = float(self.rank)
         _require(len(self.targets) > 0, "targets", "must name at least one layer")
         _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        _require(self.lora_plus_ratio > 0.0, "lora_plus_ratio", f"must be > 0, got {self.lora_plus_ratio}")
         _require(self.order >= 2, "order", f"must be >= 2, got {self.order}")
         _require(self.reg_weight >= 0.0, "reg_weight", f"must be >= 0, got {self.reg_weight}")
         return self

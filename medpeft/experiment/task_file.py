@@ -160,7 +160,9 @@ def _load_tensors(net: nn.Module, cfg: Config, tensors: dict[str, torch.Tensor])
 
 def _structure(cfg: Config, facts: dict[str, Any]) -> dict[str, Any]:
     """What two task files must share for one loaded network to serve both."""
-    adapter = {k: v for k, v in cfg.to_dict()["adapter"].items() if k not in ("reg_weight",)}
+    adapter = {
+        k: v for k, v in cfg.to_dict()["adapter"].items() if k not in ("reg_weight", "lora_plus_ratio")
+    }  # training only
     return {
         "encoder": cfg.model.encoder,
         "pretrained weights (SHA-256)": facts.get("pretrained_sha256"),

@@ -83,6 +83,8 @@ class SegmentationModule(pl.LightningModule):
         reg_weight: Weight of the adapter regularization term.
         encoder_lr: Peak learning rate of the trainable encoder parameters (adapters, or every encoder weight for
             ``full``); ``None`` uses ``lr``. Decoder and head always use ``lr``.
+        lora_b_lr_ratio: LoRA+ (Hayou et al., 2024): LoRA's ``B`` factors train at ``encoder_lr`` times this, the ``A``
+            factors at ``encoder_lr``. ``1`` is plain LoRA.
         freeze_encoder_norm: Keep the encoder's BatchNorm layers in eval mode during training (running statistics
             unchanged).
         loss_options: Keyword arguments of ``DiceCELoss`` beyond ``to_onehot_y`` and ``softmax`` (``batch``,
@@ -105,6 +107,7 @@ class SegmentationModule(pl.LightningModule):
         min_lr_ratio: float = 0.01,
         reg_weight: float = 1e-3,
         encoder_lr: float | None = None,
+        lora_b_lr_ratio: float = 1.0,
         freeze_encoder_norm: bool = False,
         loss_options: dict[str, Any] | None = None,
         nonfinite_loss: Literal["stop", "skip"] = "stop",
@@ -198,14 +201,18 @@ class SegmentationModule(pl.LightningModule):
         self.print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: encoder or decoder/head learning rate, crossed with weight decay on matrices only."""
+        """AdamW groups: encoder (LoRA+: its ``B`` factors apart) or decoder/head learning rate, crossed with weight
+        decay on matrices only."""
         encoder_ids = {id(p) for p in self.net.encoder.parameters()}
         encoder_lr = self.hparams.lr if self.hparams.encoder_lr is None else self.hparams.encoder_lr
+        lora_b_ratio = self.hparams.get("lora_b_lr_ratio", 1.0)
         groups = []
-        for p in self.net.parameters():
+        for param_name, p in self.net.named_parameters():
             if not p.requires_grad:
                 continue
             part, lr = ("encoder", encoder_lr) if id(p) in encoder_ids else ("decoder", self.hparams.lr)
+            if lora_b_ratio != 1.0 and ".lora_B." in param_name:
+                part, lr = "encoder_lora_B", encoder_lr * lora_b_ratio
             decay = self.hparams.weight_decay if p.ndim >= 2 else 0.0
             name = part if p.ndim >= 2 else f"{part}_no_decay"  # unique names: LearningRateMonitor logs by name
             group = next((g for g in groups if g["name"] == name), None)

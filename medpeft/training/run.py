@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> Path:
         min_lr_ratio=cfg.optim.min_lr_ratio,
         reg_weight=cfg.adapter.reg_weight,
         encoder_lr=cfg.optim.encoder_lr,
+        lora_b_lr_ratio=cfg.adapter.lora_plus_ratio if cfg.adapter.method == "lora" else 1.0,
         nonfinite_loss=cfg.optim.nonfinite_loss,
         freeze_encoder_norm=not cfg.adapter.adapt_norm,
         loss_options=cfg.loss.dice_ce_options(),

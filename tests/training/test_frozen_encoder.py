@@ -144,3 +144,15 @@ def test_encoder_and_decoder_learning_rates() -> None:
     assert {by_id[id(p)]["lr"] for p in net.decoder.parameters()} == {1e-3}
     assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in net.parameters())
     assert all(g["weight_decay"] == 0.0 for g in groups if any(p.ndim < 2 for p in g["params"]))
+
+
+def test_lora_plus_trains_b_faster_than_a() -> None:
+    net = build_segmenter("resnet18", in_channels=1, num_classes=2, img_size=32)
+    apply_finetuning(net, AdapterConfig(method="lora", targets=["conv"], rank=2))
+    module = SegmentationModule(net, num_classes=2, lr=1e-3, encoder_lr=5e-3, lora_b_lr_ratio=16.0)
+    by_id = {id(p): g["lr"] for g in module.parameter_groups() for p in g["params"]}
+    lora = {name: p for name, p in net.encoder.named_parameters() if "lora_" in name}
+    assert len(lora) == 2 * 16  # A and B of the 16 residual-block convolutions
+    for name, p in lora.items():
+        assert by_id[id(p)] == (5e-3 * 16.0 if ".lora_B." in name else 5e-3), name
+    assert {by_id[id(p)] for p in net.decoder.parameters()} == {1e-3}
