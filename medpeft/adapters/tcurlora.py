@@ -46,6 +46,7 @@ forward and backward against the dense weight gradient. With ``K = 2 F r`` this 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -160,8 +161,7 @@ class TCURGroup(nn.Module):
         self.tcur_dU_imag = (
             nn.Parameter(torch.zeros(imaginary, rank, rank, device=weights.device)) if imaginary > 0 else None
         )
-        self._cached_delta: tuple[torch.Tensor, ...] | None = None
-        self._cached_left: tuple[torch.Tensor, ...] | None = None
+        self._per_pass: dict[str, tuple[torch.Tensor, ...]] = {}  # member deltas / left factors of this forward pass
         self.caching = False
 
     @staticmethod
@@ -211,11 +211,7 @@ class TCURGroup(nn.Module):
         Splitting once with ``unbind`` matters for speed: indexing the ``[n3, n1, n2]`` delta in every member
         would make each member's backward write a zero-filled gradient of the whole group.
         """
-        if not self.caching:
-            return self.compute_delta().unbind(0)
-        if self._cached_delta is None:
-            self._cached_delta = self.compute_delta().unbind(0)
-        return self._cached_delta
+        return self._once_per_pass("delta", self.compute_delta)
 
     def compute_left_factors(self) -> torch.Tensor:
         """Every member's left factor ``left_m = [Re L_m, -Im L_m]``: ``[n3, n1, 2 F r]`` float32 (module docstring)."""
@@ -226,17 +222,21 @@ class TCURGroup(nn.Module):
 
     def member_left_factors(self) -> tuple[torch.Tensor, ...]:
         """:meth:`compute_left_factors` split per member, computed once per forward pass like :meth:`member_deltas`."""
+        return self._once_per_pass("left", self.compute_left_factors)
+
+    def _once_per_pass(self, key: str, compute: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """``compute()`` split along the members, kept for the rest of the forward pass while one runs."""
         if not self.caching:
-            return self.compute_left_factors().unbind(0)
-        if self._cached_left is None:
-            self._cached_left = self.compute_left_factors().unbind(0)
-        return self._cached_left
+            return compute().unbind(0)
+        if key not in self._per_pass:
+            self._per_pass[key] = compute().unbind(0)
+        return self._per_pass[key]
 
     def start_forward_pass(self) -> None:
-        self._cached_delta, self._cached_left, self.caching = None, None, True
+        self._per_pass, self.caching = {}, True
 
     def end_forward_pass(self) -> None:
-        self._cached_delta, self._cached_left, self.caching = None, None, False
+        self._per_pass, self.caching = {}, False
 
 
 class TCURLoRALayer(AdapterLayer):
