@@ -60,6 +60,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         bad_cases: ``"error"``: a broken case stops the run with a :class:`~medpeft.data.transforms.CaseFileError`
             naming the file (when it is first read); ``"skip"``: every case is read once in ``setup`` and the broken
             ones are left out and listed in :attr:`skipped_cases`.
+        train_cases: Train on only this many of the training split's cases (a label budget: the low-data regime,
+            learning curves); ``None`` trains on all. The cases are the first ``train_cases`` of a permutation drawn
+            from ``seed``, so smaller budgets are subsets of larger ones; validation and test are unchanged.
         **dataset_options: Dataset-specific options passed to the dataset's builder (``data.options`` in a
             config), e.g. ``include_normal`` for BUSI; an option the builder does not take is a ``TypeError``.
 
@@ -85,6 +88,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         augment: AugmentationSpec = True,
         cache_rate: float = 0.0,
         bad_cases: Literal["error", "skip"] = "error",
+        train_cases: int | None = None,
         **dataset_options: Any,
     ) -> None:
         super().__init__()
@@ -96,6 +100,8 @@ class SegmentationDataModule(pl.LightningDataModule):
                 f"need image_size >= 1, batch_size >= 1 and num_workers >= 0, "
                 f"got {image_size}, {batch_size} and {num_workers}"
             )
+        if train_cases is not None and train_cases < 1:
+            raise ValueError(f"train_cases must be >= 1 or None, got {train_cases}")
         builder = inspect.signature(DATASETS[dataset]).parameters
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in builder.values()):
             unknown = sorted(set(dataset_options) - set(builder))
@@ -114,6 +120,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.cache_rate = cache_rate
         self.dataset_options = dataset_options
         self.bad_cases = bad_cases
+        self.train_cases = train_cases
         self.datasets: dict[str, SegmentationDataset] = {}
         #: Broken cases left out with ``bad_cases="skip"``: ``{"split", "case", "file", "problem"}`` each.
         self.skipped_cases: list[dict[str, str]] = []
@@ -152,6 +159,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             if name in self.datasets:
                 continue
             cache_rate = self.cache_rate if name != "test" else 0.0
+            budget = name == "train" and self.train_cases is not None
             dataset = build_dataset(
                 self.dataset,
                 self.root,
@@ -161,12 +169,23 @@ class SegmentationDataModule(pl.LightningDataModule):
                 val_fraction=self.val_fraction,
                 test_fraction=self.test_fraction,
                 augment=self.augment if name == "train" else False,
-                cache_rate=0.0 if self.bad_cases == "skip" else cache_rate,  # a cache would read (and fail) now
+                # cache only what is kept: a cache would read (and fail on) broken cases now, and budgeted-out ones
+                cache_rate=0.0 if self.bad_cases == "skip" or budget else cache_rate,
                 **self.dataset_options,
             )
             if self.bad_cases == "skip":
-                dataset = self._without_broken_cases(name, dataset, cache_rate)
+                dataset = self._without_broken_cases(name, dataset, 0.0 if budget else cache_rate)
+            if budget:
+                dataset = self._label_budget(dataset, cache_rate)
             self.datasets[name] = dataset
+
+    def _label_budget(self, dataset: SegmentationDataset, cache_rate: float) -> SegmentationDataset:
+        """The first ``train_cases`` training cases of a ``seed``-drawn permutation, in their split order."""
+        if self.train_cases > len(dataset):
+            raise ValueError(f"train_cases is {self.train_cases}, but the training split has {len(dataset)} cases")
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))
+        kept = sorted(order[: self.train_cases].tolist())
+        return make_dataset([dataset.data[index] for index in kept], dataset.transform, cache_rate=cache_rate)
 
     def _without_broken_cases(
         self, split: str, dataset: SegmentationDataset, cache_rate: float

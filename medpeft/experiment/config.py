@@ -147,6 +147,9 @@ class DataConfig(_Section):
             and mask of different sizes) stops the run with a message naming the file; ``"skip"``: every case is read
             once before training, broken ones are left out of their split, listed in the run's
             ``skipped_cases.json`` and counted in ``metrics.json``.
+        train_cases: Train on only this many cases of the training split (a label budget, for the low-data regime
+            and learning curves): the first ``train_cases`` of a permutation drawn from ``split_seed``, so a smaller
+            budget is a subset of a larger one; validation and test are unchanged. ``None`` (default) trains on all.
         options: Dataset-specific keyword arguments passed through to the data module unchecked.
     """
 
@@ -161,6 +164,7 @@ class DataConfig(_Section):
     augmentation: str | list[dict[str, Any]] | None = None
     test_resolution: str = "train"
     bad_cases: Literal["error", "skip"] = "error"
+    train_cases: int | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -171,6 +175,8 @@ class DataConfig(_Section):
         _require(self.test_resolution in resolutions, "test_resolution", problem)
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        budget = self.train_cases
+        _require(budget is None or budget >= 1, "train_cases", f"must be >= 1 or null, got {budget}")
         for key in ("val_fraction", "test_fraction"):
             value = getattr(self, key)
             _require(0.0 <= value < 1.0, key, f"must be in [0, 1), got {value}")

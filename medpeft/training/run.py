@@ -198,6 +198,7 @@ def _build_datamodule(cfg: Config) -> SegmentationDataModule:
             test_fraction=data.test_fraction,
             augment=True if data.augmentation is None else data.augmentation,
             bad_cases=data.bad_cases,
+            train_cases=data.train_cases,
             **data.options,
         )
     except (TypeError, ValueError) as err:  # unregistered dataset, or a data.options key it does not take

@@ -59,6 +59,25 @@ def test_split_is_disjoint_reproducible_and_saved(demo_root: Path, tmp_path: Pat
     assert json.loads(path.read_text()) == split
 
 
+@pytest.mark.parametrize("cache_rate", [0.0, 1.0])
+def test_label_budget_is_a_nested_seeded_subset_of_train(demo_root: Path, cache_rate: float) -> None:
+    full = _datamodule(demo_root)
+    full.setup("fit")
+    small, large = (_datamodule(demo_root, train_cases=n, cache_rate=cache_rate) for n in (20, 60))
+    for dm in (small, large):
+        dm.setup("fit")
+        assert dm.split["val"] == full.split["val"] and dm.split["test"] == full.split["test"]
+    assert len(small.split["train"]) == 20 and len(large.split["train"]) == 60
+    assert set(small.split["train"]) < set(large.split["train"]) < set(full.split["train"])
+    names = [name for batch in small.train_dataloader() for name in batch["name"]]
+    assert sorted(names) == sorted(small.split["train"])  # the loader serves exactly the budgeted cases
+    too_many = _datamodule(demo_root, train_cases=len(full.split["train"]) + 1)
+    with pytest.raises(ValueError, match="train_cases is 211, but the training split has 210 cases"):
+        too_many.setup("fit")
+    with pytest.raises(ValueError, match="train_cases must be >= 1"):
+        _datamodule(demo_root, train_cases=0)
+
+
 def test_training_order_and_augmentation_are_seeded(demo_root: Path) -> None:
     def first_batch(seed: int) -> dict:
         dm = _datamodule(demo_root, seed=seed)

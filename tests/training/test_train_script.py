@@ -182,3 +182,13 @@ def test_skipped_cases_are_listed_and_counted(train_script, tmp_path: Path, monk
     assert skipped["case"] == "ISIC_0000003" and skipped["file"] == str(broken)
     split = json.loads((run_dir / "split.json").read_text())
     assert all("ISIC_0000003" not in ids for ids in split.values())
+
+
+def test_label_budget_reaches_the_run(
+    train_script, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    overrides = [*TINY, f"data.root={demo_root}", "output_dir=runs", "data.train_cases=12"]
+    run_dir = train_script.main(["--config", str(REPO / "configs" / "demo_lora.yaml"), "--set", *overrides])
+    split = json.loads((run_dir / "split.json").read_text())
+    assert [len(split[name]) for name in ("train", "val", "test")] == [12, 45, 45]

@@ -140,6 +140,7 @@ def test_range_errors_name_path(config_file: Path) -> None:
     assert "'optim.lr' must be > 0" in _error(config_file, ["optim.lr=0"])
     assert "'data.val_fraction' must be in [0, 1)" in _error(config_file, ["data.val_fraction=1.5"])
     assert "'loss.smooth' must be > 0, got 0" in _error(config_file, ["loss.smooth=0"])
+    assert "'data.train_cases' must be >= 1 or null, got 0" in _error(config_file, ["data.train_cases=0"])
 
 
 def test_resolved_config_round_trips(config_file: Path, tmp_path: Path) -> None:
