@@ -160,6 +160,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                 continue
             cache_rate = self.cache_rate if name != "test" else 0.0
             budget = name == "train" and self.train_cases is not None
+            filtered = self.bad_cases == "skip" or budget
             dataset = build_dataset(
                 self.dataset,
                 self.root,
@@ -169,28 +170,26 @@ class SegmentationDataModule(pl.LightningDataModule):
                 val_fraction=self.val_fraction,
                 test_fraction=self.test_fraction,
                 augment=self.augment if name == "train" else False,
-                # cache only what is kept: a cache would read (and fail on) broken cases now, and budgeted-out ones
-                cache_rate=0.0 if self.bad_cases == "skip" or budget else cache_rate,
+                # a cache reads every case now: when cases are left out, cache only the kept ones (below)
+                cache_rate=0.0 if filtered else cache_rate,
                 **self.dataset_options,
             )
-            if self.bad_cases == "skip":
-                dataset = self._without_broken_cases(name, dataset, 0.0 if budget else cache_rate)
-            if budget:
-                dataset = self._label_budget(dataset, cache_rate)
+            if filtered:
+                records = self._readable_records(name, dataset) if self.bad_cases == "skip" else list(dataset.data)
+                if budget:
+                    records = self._label_budget(records)
+                dataset = make_dataset(records, dataset.transform, cache_rate=cache_rate)
             self.datasets[name] = dataset
 
-    def _label_budget(self, dataset: SegmentationDataset, cache_rate: float) -> SegmentationDataset:
-        """The first ``train_cases`` training cases of a ``seed``-drawn permutation, in their split order."""
-        if self.train_cases > len(dataset):
-            raise ValueError(f"train_cases is {self.train_cases}, but the training split has {len(dataset)} cases")
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))
-        kept = sorted(order[: self.train_cases].tolist())
-        return make_dataset([dataset.data[index] for index in kept], dataset.transform, cache_rate=cache_rate)
+    def _label_budget(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The first ``train_cases`` training records of a ``seed``-drawn permutation, in their split order."""
+        if self.train_cases > len(records):
+            raise ValueError(f"train_cases is {self.train_cases}, but the training split has {len(records)} cases")
+        order = torch.randperm(len(records), generator=torch.Generator().manual_seed(self.seed))
+        return [records[index] for index in sorted(order[: self.train_cases].tolist())]
 
-    def _without_broken_cases(
-        self, split: str, dataset: SegmentationDataset, cache_rate: float
-    ) -> SegmentationDataset:
-        """Read every case once; return the dataset of the readable ones and record the others."""
+    def _readable_records(self, split: str, dataset: SegmentationDataset) -> list[dict[str, Any]]:
+        """Read every case once; return the records of the readable ones and record the others."""
         broken: set[int] = set()
         for index in tqdm(range(len(dataset)), desc=f"checking {split} cases", unit="case", leave=False):
             try:
@@ -201,10 +200,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                 self.skipped_cases.append(
                     {"split": split, "case": dataset.case_ids[index], "file": err.path, "problem": problem}
                 )
-        if not broken and cache_rate == 0.0:
-            return dataset
-        records = [record for index, record in enumerate(dataset.data) if index not in broken]
-        return make_dataset(records, dataset.transform, cache_rate=cache_rate)
+        return [record for index, record in enumerate(dataset.data) if index not in broken]
 
     def save_split(self, path: str | os.PathLike[str]) -> Path:
         """Write :attr:`split` to ``path`` as JSON, atomically (temporary file, then ``os.replace``).
