@@ -15,7 +15,7 @@ Per run the sweep sets ``adapter.method``, ``seed``, ``name`` (the method, the r
 
 - methods other than the base config's get the default rank of :data:`DEFAULT_RANKS` (a rank means something
   different for each method, so a base rank is kept for the base method only; ``--method-set lora:adapter.rank=4``
-  sets another);
+  sets another, and ``--set adapter.rank=N`` while another adapter method is swept is an error, not a silent drop);
 - the pseudo-method ``scratch`` is ``full`` fine-tuning with ``model.pretrained=false``, the from-scratch baseline;
 - all runs share one train/val/test split: the paired tests of the comparison match test cases across methods, and
   seeds should vary the training, not the data. If ``data.split_seed`` is null in the base config (the split then
@@ -159,8 +159,9 @@ def plan_sweep(
         The runs, method-major, and the decisions to tell the user (e.g. a pinned split seed).
 
     Raises:
-        ConfigError: An unknown or repeated method or seed, a malformed or sweep-owned override, or a run whose
-            config is invalid (the message names the run).
+        ConfigError: An unknown or repeated method or seed, a malformed or sweep-owned override, an
+            ``adapter.rank`` in ``sets`` that another adapter method would silently not get, or a run whose config
+            is invalid (the message names the run).
     """
     unknown = [m for m in methods if m not in SWEEP_METHODS]
     if unknown or not methods or len(set(methods)) < len(methods):
@@ -179,6 +180,7 @@ def plan_sweep(
             f"data.split_seed is null in {config}: pinned to the base seed {base.seed} for every run, so all "
             "methods and seeds are tested on one split"
         )
+    shared_rank = [text for text in sets if text.partition("=")[0].strip() == "adapter.rank"]
     runs = []
     for method in methods:
         trained = "full" if method == "scratch" else method
@@ -187,6 +189,12 @@ def plan_sweep(
             fixed.append("model.pretrained=false")
         own_rank = any(text.partition("=")[0].strip() == "adapter.rank" for text in per_method[method])
         if trained in PEFT_METHODS and trained != base.adapter.method and not own_rank and method not in own_config:
+            if shared_rank:
+                raise ConfigError(
+                    f"--set {shared_rank[-1]} reaches only the base method {base.adapter.method} (a rank means "
+                    f"something different for each method); give {method} its own: "
+                    f"--method-set {method}:adapter.rank=N"
+                )
             fixed.append(f"adapter.rank={DEFAULT_RANKS[trained]}")
         run_config = own_config.get(method, config)
         for seed in seeds:

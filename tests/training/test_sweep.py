@@ -102,6 +102,7 @@ def test_dry_run_prints_plan_and_commands(sweep_script: ModuleType, tmp_path: Pa
         (["--method-set", "lora:adapter.rank=0"], "run lora seed 0: 'adapter.rank' must be >= 1"),
         (["--set", "adapter.method=trm"], "'adapter.method' is set by the sweep"),
         (["--method-set", "trm:adapter.rank=2"], "'trm' is not a swept method"),
+        (["--set", "adapter.rank=4"], "--set adapter.rank=4 reaches only the base method tcurlora"),
         (["--methods", "lora,lora"], "give distinct methods"),
         (["--seeds", "0,x"], "give comma-separated integers"),
     ],
