@@ -21,7 +21,13 @@ from medpeft.adapters.inject import (
     unmerge_adapters,
 )
 from medpeft.adapters.lora import LoRAConfig, LoRALayer
-from medpeft.adapters.state import adapter_state_dict, load_adapter, load_adapter_state_dict, save_adapter
+from medpeft.adapters.state import (
+    adapter_state_dict,
+    load_adapter,
+    load_adapter_state_dict,
+    norm_statistics,
+    save_adapter,
+)
 from medpeft.adapters.tcurlora import TCURGroup, TCURLoRAConfig, TCURLoRALayer
 from medpeft.adapters.trm import TRMConfig, TRMLayer
 
@@ -43,8 +49,9 @@ __all__ = [
     "load_adapter",
     "load_adapter_state_dict",
     "merge_adapters",
-    "regularization_loss",
+    "norm_statistics",
     "register_adapter",
+    "regularization_loss",
     "save_adapter",
     "tcurlora_groups",
     "unmerge_adapters",

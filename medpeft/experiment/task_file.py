@@ -8,7 +8,7 @@ started from, the class names and the format version. Tensors by role:
 - ``adapter.<name>``: the adapter tensors and metadata of :func:`~medpeft.adapters.adapter_state_dict` (PEFT methods;
   the BatchNorm statistics too when ``adapter.adapt_norm`` moved them);
 - ``encoder.<name>``: the whole encoder, when it is not the pretrained file's (``full``, ``model.pretrained: false``,
-  or ``decoder_only`` with adapted norms): then the file is as large as the encoder.
+  or ``decoder_only`` with adapted BatchNorm statistics): then the file is as large as the encoder.
 
 Loading rebuilds the network from the config (pretrained weights first, then the adapters) and refuses a
 ``model.pretrained`` file whose bytes differ from those the run trained on, naming both checksums: adapters only
@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from medpeft.adapters import adapter_state_dict, load_adapter_state_dict
+from medpeft.adapters import adapter_state_dict, load_adapter_state_dict, norm_statistics
 from medpeft.data import dataset_info
 from medpeft.experiment.config import PEFT_METHODS, Config, config_from_text
 from medpeft.experiment.network import apply_finetuning, segmenter_from_config
@@ -63,14 +63,22 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _stores_encoder(cfg: Config) -> bool:
-    """Whether the trained encoder differs from the pretrained file's, so the task file must carry it."""
+def _stores_encoder(cfg: Config, encoder: nn.Module) -> bool:
+    """Whether the trained ``encoder`` differs from the pretrained file's, so the task file must carry it.
+
+    ``decoder_only`` with adapted norms changes only BatchNorm statistics: an encoder without BatchNorm (ViT, Swin)
+    is then still the pretrained file's.
+    """
     pretrained = cfg.model.pretrained
-    return (
-        cfg.adapter.method == "full"
-        or pretrained is False
-        or (cfg.adapter.method == "decoder_only" and cfg.adapter.adapt_norm)
-    )
+    adapted_norms = cfg.adapter.method == "decoder_only" and cfg.adapter.adapt_norm and norm_statistics(encoder)
+    return cfg.adapter.method == "full" or pretrained is False or bool(adapted_norms)
+
+
+def _holds_encoder(path: str | os.PathLike[str]) -> bool:
+    """Whether the task file at ``path`` carries a whole encoder (``encoder.*`` tensors)."""
+    with safe_open(str(path), framework="pt") as handle:
+        names = handle.keys()
+    return any(name.startswith("encoder.") for name in names)
 
 
 def save_task(net: nn.Module, cfg: Config, path: str | os.PathLike[str]) -> int:
@@ -82,7 +90,7 @@ def save_task(net: nn.Module, cfg: Config, path: str | os.PathLike[str]) -> int:
         path: Destination ``.safetensors``.
     """
     state: dict[str, torch.Tensor] = {f"decoder.{k}": v for k, v in net.decoder.state_dict().items()}
-    if _stores_encoder(cfg):
+    if _stores_encoder(cfg, net.encoder):
         state.update({f"encoder.{k}": v for k, v in net.encoder.state_dict().items()})
     elif cfg.adapter.method in PEFT_METHODS:
         adapter = adapter_state_dict(net.encoder, norm_stats=cfg.adapter.adapt_norm)
@@ -140,7 +148,7 @@ def load_task(path: str | os.PathLike[str], device: str | torch.device = "cpu") 
                 f"{path} was trained on base encoder weights with SHA-256 {expected[:16]}..., but {pretrained} now "
                 f"has {found[:16]}...: adapters only fit the weights they were trained on"
             )
-    net = segmenter_from_config(cfg, pretrained=False if _stores_encoder(cfg) else None)
+    net = segmenter_from_config(cfg, pretrained=False if _holds_encoder(path) else None)
     apply_finetuning(net, cfg.adapter)
     _load_tensors(net, cfg, load_file(str(path)))
     return net.to(device).eval(), cfg
@@ -152,8 +160,8 @@ def _load_tensors(net: nn.Module, cfg: Config, tensors: dict[str, torch.Tensor])
 
     device = next(net.parameters()).device
     net.decoder.load_state_dict({k: v.to(device) for k, v in part("decoder.").items()}, strict=True)
-    if _stores_encoder(cfg):
-        net.encoder.load_state_dict(part("encoder."), strict=True)
+    if encoder := part("encoder."):
+        net.encoder.load_state_dict(encoder, strict=True)
     elif cfg.adapter.method in PEFT_METHODS:
         load_adapter_state_dict(net.encoder, {k: v.to(device) for k, v in part("adapter.").items()})
 
@@ -193,7 +201,7 @@ def swap_task(net: nn.Module, cfg: Config, path: str | os.PathLike[str]) -> Conf
     differences = [
         f"{key}: loaded {current[key]!r}, {path.name} {wanted[key]!r}" for key in wanted if current[key] != wanted[key]
     ]
-    if _stores_encoder(new) or _stores_encoder(cfg):
+    if _holds_encoder(path) or _stores_encoder(cfg, net.encoder):
         differences.append("a task file holding a whole encoder cannot share one")
     if differences:
         raise TaskFileError(f"{path} cannot reuse the loaded network: " + "; ".join(differences))

@@ -75,3 +75,22 @@ def test_not_a_task_file_is_named(tmp_path: Path) -> None:
     save_file({"w": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(TaskFileError, match="plain.safetensors is not a medpeft task file"):
         load_task(tmp_path / "plain.safetensors")
+
+
+def test_decoder_only_task_on_an_encoder_without_batchnorm_leaves_the_encoder_out(
+    run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``adapt_norm`` (true by default) moves nothing in a ViT: its ``decoder_only`` task is the decoder alone."""
+    _, pretrained = run
+    root = generate_demo_isic(tmp_path / "demo")
+    overrides = [*TINY, f"data.root={root}", f"output_dir={tmp_path / 'runs'}", f"model.pretrained={pretrained}"]
+    run_dir = _train("demo_decoder_only.yaml", overrides)
+    task = run_dir / "task.safetensors"
+    cfg = load_config(run_dir / "config.yaml")
+    assert cfg.adapter.adapt_norm is True
+    assert not any(key.startswith("encoder.") for key in load_file(task))
+    net, _ = load_task(task)
+    reference = load_trained_network(cfg, find_run_checkpoint(run_dir))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), reference(x), rtol=0, atol=0)
