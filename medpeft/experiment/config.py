@@ -52,22 +52,27 @@ __all__ = [
 Method = Literal["full", "decoder_only", "lora", "trm", "tcurlora"]
 #: Methods that inject adapters into the encoder (the other two only change which parameters train).
 PEFT_METHODS: tuple[str, ...] = ("lora", "trm", "tcurlora")
-#: Whether each method lets the encoder's BatchNorm statistics adapt (``adapter.adapt_norm: null``). ``full`` trains
-#: everything; the frozen-encoder methods keep the pre-trained statistics (docs/results.md measures both).
+#: Whether each method lets the encoder's BatchNorm statistics adapt (``adapter.adapt_norm: null``). Chosen by
+#: measurement (docs/results.md, section 0): on the ACDC -> BUSI transfer, letting the statistics follow the target
+#: data raised validation and test Dice of ``decoder_only`` on three seeds of three, and of the adapters with it;
+#: the statistics are then saved with the adapter (``adapter.safetensors``, the task file), so the saved files still
+#: rebuild the trained network. ``adapt_norm: false`` keeps a frozen encoder bit-for-bit as pre-trained.
 ADAPT_NORM_DEFAULTS: dict[str, bool] = {
     "full": True,
-    "decoder_only": False,
-    "lora": False,
-    "trm": False,
-    "tcurlora": False,
+    "decoder_only": True,
+    "lora": True,
+    "trm": True,
+    "tcurlora": True,
 }
-#: ``optim.encoder_lr`` = ``optim.lr`` times this factor when the config leaves it unset (docs/results.md: sweep).
+#: ``optim.encoder_lr`` = ``optim.lr`` times this factor when the config leaves it unset. The adapters' factors are
+#: the rates validation Dice chose on two tasks (docs/results.md section 0, and the README's demo sweep): LoRA and
+#: TRM 10x the decoder's rate on both, tCURLoRA 100x on both (its trainable cores are a few hundred numbers).
 ENCODER_LR_SCALES: dict[str, float] = {
     "full": 1.0,
     "decoder_only": 1.0,
-    "lora": 1.0,
-    "trm": 1.0,
-    "tcurlora": 1.0,
+    "lora": 10.0,
+    "trm": 10.0,
+    "tcurlora": 100.0,
 }
 #: Trainer arguments that :mod:`medpeft.training.run` sets itself, with the config key to use instead (if any).
 RESERVED_TRAINER_KEYS: dict[str, str | None] = {
