@@ -15,7 +15,9 @@ from safetensors.torch import load_file, save_file
 from medpeft.data import generate_demo_isic
 from medpeft.evaluation.checkpoint import find_run_checkpoint, load_trained_network
 from medpeft.experiment import load_config
-from medpeft.experiment.task_file import TaskFileError, load_task, read_task_metadata
+from medpeft.experiment.network import apply_finetuning, segmenter_from_config
+from medpeft.experiment.task_file import TaskFileError, load_task, read_task_metadata, save_task
+from medpeft.models import build_segmenter, encoder_state_dict_for_timm
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -94,3 +96,27 @@ def test_decoder_only_task_on_an_encoder_without_batchnorm_leaves_the_encoder_ou
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(net(x), reference(x), rtol=0, atol=0)
+
+
+def test_decoder_only_task_with_adapted_batchnorm_carries_the_encoder(tmp_path: Path) -> None:
+    """A ResNet's adapted statistics are part of the trained network: the task file keeps them and rebuilds it."""
+    torch.manual_seed(0)
+    source = build_segmenter("resnet18", in_channels=1, num_classes=2, img_size=32)
+    pretrained = tmp_path / "resnet18.safetensors"
+    save_file(dict(encoder_state_dict_for_timm(source.encoder)), str(pretrained))
+    overrides = ["adapter.method=decoder_only", f"model.pretrained={pretrained}", "data.image_size=32"]
+    cfg = load_config(REPO / "configs" / "experiments" / "busi_from_acdc.yaml", overrides)
+    assert cfg.adapter.adapt_norm is True
+    net = segmenter_from_config(cfg)
+    apply_finetuning(net, cfg.adapter)
+    with torch.no_grad():  # what training with adapted statistics does to them
+        for module in net.encoder.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.add_(0.5)
+                module.running_var.mul_(2.0)
+    save_task(net, cfg, tmp_path / "task.safetensors")
+    assert any(key.startswith("encoder.") for key in load_file(tmp_path / "task.safetensors"))
+    loaded, _ = load_task(tmp_path / "task.safetensors")
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net.eval()(x), rtol=0, atol=0)
