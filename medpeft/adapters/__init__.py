@@ -21,13 +21,7 @@ from medpeft.adapters.inject import (
     unmerge_adapters,
 )
 from medpeft.adapters.lora import LoRAConfig, LoRALayer
-from medpeft.adapters.state import (
-    adapter_state_dict,
-    load_adapter,
-    load_adapter_state_dict,
-    norm_statistics,
-    save_adapter,
-)
+from medpeft.adapters.state import adapter_state_dict, load_adapter, load_adapter_state_dict, save_adapter
 from medpeft.adapters.tcurlora import TCURGroup, TCURLoRAConfig, TCURLoRALayer
 from medpeft.adapters.trm import TRMConfig, TRMLayer
 
@@ -49,9 +43,8 @@ __all__ = [
     "load_adapter",
     "load_adapter_state_dict",
     "merge_adapters",
-    "norm_statistics",
-    "register_adapter",
     "regularization_loss",
+    "register_adapter",
     "save_adapter",
     "tcurlora_groups",
     "unmerge_adapters",

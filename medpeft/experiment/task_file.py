@@ -28,8 +28,9 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from medpeft.adapters import adapter_state_dict, load_adapter_state_dict, norm_statistics
+from medpeft.adapters import adapter_state_dict, load_adapter_state_dict
 from medpeft.data import dataset_info
 from medpeft.experiment.config import PEFT_METHODS, Config, config_from_text
 from medpeft.experiment.network import apply_finetuning, segmenter_from_config
@@ -69,16 +70,15 @@ def _stores_encoder(cfg: Config, encoder: nn.Module) -> bool:
     ``decoder_only`` with adapted norms changes only BatchNorm statistics: an encoder without BatchNorm (ViT, Swin)
     is then still the pretrained file's.
     """
-    pretrained = cfg.model.pretrained
-    adapted_norms = cfg.adapter.method == "decoder_only" and cfg.adapter.adapt_norm and norm_statistics(encoder)
-    return cfg.adapter.method == "full" or pretrained is False or bool(adapted_norms)
+    if cfg.adapter.method == "full" or cfg.model.pretrained is False:
+        return True
+    adapted_norms = cfg.adapter.method == "decoder_only" and cfg.adapter.adapt_norm
+    return adapted_norms and any(isinstance(module, _BatchNorm) for module in encoder.modules())
 
 
-def _holds_encoder(path: str | os.PathLike[str]) -> bool:
-    """Whether the task file at ``path`` carries a whole encoder (``encoder.*`` tensors)."""
-    with safe_open(str(path), framework="pt") as handle:
-        names = handle.keys()
-    return any(name.startswith("encoder.") for name in names)
+def _holds_encoder(tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether a task file's tensors carry a whole encoder (``encoder.*``)."""
+    return any(name.startswith("encoder.") for name in tensors)
 
 
 def save_task(net: nn.Module, cfg: Config, path: str | os.PathLike[str]) -> int:
@@ -148,9 +148,10 @@ def load_task(path: str | os.PathLike[str], device: str | torch.device = "cpu") 
                 f"{path} was trained on base encoder weights with SHA-256 {expected[:16]}..., but {pretrained} now "
                 f"has {found[:16]}...: adapters only fit the weights they were trained on"
             )
-    net = segmenter_from_config(cfg, pretrained=False if _holds_encoder(path) else None)
+    tensors = load_file(str(path))
+    net = segmenter_from_config(cfg, pretrained=False if _holds_encoder(tensors) else None)
     apply_finetuning(net, cfg.adapter)
-    _load_tensors(net, cfg, load_file(str(path)))
+    _load_tensors(net, cfg, tensors)
     return net.to(device).eval(), cfg
 
 
@@ -201,11 +202,12 @@ def swap_task(net: nn.Module, cfg: Config, path: str | os.PathLike[str]) -> Conf
     differences = [
         f"{key}: loaded {current[key]!r}, {path.name} {wanted[key]!r}" for key in wanted if current[key] != wanted[key]
     ]
-    if _holds_encoder(path) or _stores_encoder(cfg, net.encoder):
+    tensors = load_file(str(path))
+    if _holds_encoder(tensors) or _stores_encoder(cfg, net.encoder):
         differences.append("a task file holding a whole encoder cannot share one")
     if differences:
         raise TaskFileError(f"{path} cannot reuse the loaded network: " + "; ".join(differences))
-    _load_tensors(net, new, load_file(str(path)))
+    _load_tensors(net, new, tensors)
     return new
 
 

@@ -97,6 +97,11 @@ def _split_follows_seed(config: str, sets: list[str]) -> bool:
     )
 
 
+def _overrides_of(overrides: list[str], key: str) -> list[str]:
+    """The ``KEY=VALUE`` texts among ``overrides`` that set ``key``."""
+    return [text for text in overrides if text.partition("=")[0].strip() == key]
+
+
 def _check_free_keys(overrides: list[str], option: str) -> None:
     for text in overrides:
         key = text.partition("=")[0].strip()
@@ -180,14 +185,14 @@ def plan_sweep(
             f"data.split_seed is null in {config}: pinned to the base seed {base.seed} for every run, so all "
             "methods and seeds are tested on one split"
         )
-    shared_rank = [text for text in sets if text.partition("=")[0].strip() == "adapter.rank"]
+    shared_rank = _overrides_of(sets, "adapter.rank")
     runs = []
     for method in methods:
         trained = "full" if method == "scratch" else method
         fixed = [f"adapter.method={trained}"]
         if method == "scratch":
             fixed.append("model.pretrained=false")
-        own_rank = any(text.partition("=")[0].strip() == "adapter.rank" for text in per_method[method])
+        own_rank = bool(_overrides_of(per_method[method], "adapter.rank"))
         if trained in PEFT_METHODS and trained != base.adapter.method and not own_rank and method not in own_config:
             if shared_rank:
                 raise ConfigError(
