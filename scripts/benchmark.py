@@ -18,7 +18,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from medpeft.benchmark import main  # noqa: E402
+from medpeft.benchmark import main
 
 __all__ = ["main"]
 

@@ -17,7 +17,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from medpeft.prediction import main  # noqa: E402
+from medpeft.prediction import main
 
 if __name__ == "__main__":
     sys.exit(main())

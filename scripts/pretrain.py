@@ -25,15 +25,15 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import torch
+from safetensors.torch import save_file
 
-from medpeft.evaluation.checkpoint import find_run_checkpoint, load_network_state  # noqa: E402
-from medpeft.experiment.config import load_config  # noqa: E402
-from medpeft.experiment.network import segmenter_from_config  # noqa: E402
-from medpeft.io import atomic_output  # noqa: E402
-from medpeft.models.pretrained import DECODER_PREFIX, encoder_state_dict_for_timm  # noqa: E402
-from medpeft.training.run import main as train_main  # noqa: E402
+from medpeft.evaluation.checkpoint import find_run_checkpoint, load_network_state
+from medpeft.experiment.config import load_config
+from medpeft.experiment.network import segmenter_from_config
+from medpeft.io import atomic_output
+from medpeft.models.pretrained import DECODER_PREFIX, encoder_state_dict_for_timm
+from medpeft.training.run import main as train_main
 
 __all__ = ["export_encoder", "main"]
 

@@ -17,8 +17,9 @@ has percent-level relative error and is not even exactly zero at init.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn

@@ -29,7 +29,7 @@ from the class name to its keyword arguments, which is also how the named polici
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -38,16 +38,16 @@ import torch
 from monai.transforms import MapTransform, Randomizable
 
 __all__ = [
-    "AlbumentationsD",
-    "AugmentationSpec",
     "DATASET_POLICIES",
     "POLICIES",
+    "AlbumentationsD",
+    "AugmentationSpec",
     "build_augmentation",
     "resolve_augmentation",
 ]
 
 #: A policy name or a list of ``{TransformName: {kwargs}}`` steps; ``True`` / ``False`` mean default / off.
-AugmentationSpec = Union[bool, str, Sequence[Mapping[str, Mapping[str, Any]]], None]
+AugmentationSpec = bool | str | Sequence[Mapping[str, Mapping[str, Any]]] | None
 
 POLICIES: dict[str, list[dict[str, dict[str, Any]]]] = {
     "dermoscopy": [

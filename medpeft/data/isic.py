@@ -41,13 +41,13 @@ from medpeft.data.transforms import CaseFileError, build_transforms
 
 __all__ = [
     "ISIC_URL",
-    "TRAIN_INPUT",
-    "TRAIN_GROUND_TRUTH",
     "OFFICIAL_SPLIT_FOLDERS",
-    "resolve_isic_root",
-    "list_isic_cases",
-    "isic_split_records",
+    "TRAIN_GROUND_TRUTH",
+    "TRAIN_INPUT",
     "build_isic2018",
+    "isic_split_records",
+    "list_isic_cases",
+    "resolve_isic_root",
 ]
 
 ISIC_URL = "https://challenge.isic-archive.com/data/#2018"

@@ -18,7 +18,7 @@ import numpy as np
 
 from medpeft.io import write_text_atomic
 
-__all__ = ["SPLIT_NAMES", "split_cases", "save_split_json"]
+__all__ = ["SPLIT_NAMES", "save_split_json", "split_cases"]
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 

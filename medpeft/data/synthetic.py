@@ -41,12 +41,12 @@ from medpeft.data.isic import TRAIN_GROUND_TRUTH, TRAIN_INPUT, build_isic2018
 from medpeft.data.registry import SegmentationDataset, register_dataset
 
 __all__ = [
-    "render_lesion_case",
-    "render_source_case",
-    "generate_demo_isic",
-    "generate_source_task",
     "build_demo",
     "build_demo_source",
+    "generate_demo_isic",
+    "generate_source_task",
+    "render_lesion_case",
+    "render_source_case",
 ]
 
 # Task tags keep the random streams of the two tasks apart even when they use the same seed.

@@ -52,9 +52,9 @@ from monai.transforms import (
 from monai.utils import convert_to_tensor
 from nibabel.filebasedimages import ImageFileError
 
+from medpeft.data.augmentation import AlbumentationsD
 from medpeft.data.registry import SegmentationDataset, make_dataset
 from medpeft.data.splits import SPLIT_NAMES, split_cases
-from medpeft.data.augmentation import AlbumentationsD
 from medpeft.data.transforms import CaseFileError, output_steps
 
 __all__ = [

@@ -34,6 +34,8 @@ from medpeft.io import write_text_atomic
 __all__ = [
     "ADAPT_NORM_DEFAULTS",
     "ENCODER_LR_SCALES",
+    "PEFT_METHODS",
+    "RESERVED_TRAINER_KEYS",
     "AdapterConfig",
     "Config",
     "ConfigError",
@@ -41,8 +43,6 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
-    "PEFT_METHODS",
-    "RESERVED_TRAINER_KEYS",
     "config_from_text",
     "load_config",
     "save_config",
@@ -476,7 +476,7 @@ _Loader.add_implicit_resolver(
 
 
 def _parse(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    return yaml.load(text, Loader=_Loader)
 
 
 class _Sources:

@@ -14,11 +14,11 @@ from medpeft.models.pretrained import (
 from medpeft.models.segmenter import Segmenter, build_segmenter
 
 __all__ = [
+    "LinearDecoder",
     "PretrainedWeightsError",
     "Segmenter",
     "TimmEncoder",
     "UNETRDecoder",
-    "LinearDecoder",
     "UNetDecoder",
     "build_segmenter",
     "count_parameters",

@@ -6,7 +6,7 @@ convolutions and attention; element-wise ops, norms and activations are not coun
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

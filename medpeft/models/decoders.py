@@ -19,7 +19,7 @@ All take ``(image, features)`` so that the stem (UNETR) and the output size come
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +27,13 @@ from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder as Smp
 from torch import nn
 
 __all__ = [
-    "ConvBlock",
-    "UNETRDecoder",
-    "UNetDecoder",
-    "LinearDecoder",
+    "DEFAULT_LINEAR_CHANNELS",
     "DEFAULT_UNETR_CHANNELS",
     "DEFAULT_UNET_CHANNELS",
-    "DEFAULT_LINEAR_CHANNELS",
+    "ConvBlock",
+    "LinearDecoder",
+    "UNETRDecoder",
+    "UNetDecoder",
 ]
 
 # Small on purpose: the demo trains on 2 CPU cores. With vit_tiny (192 channels) UNETR has ~1.2 M parameters;
@@ -47,7 +47,7 @@ DEFAULT_LINEAR_CHANNELS: tuple[int, ...] = (64,)
 
 def _log2_exact(value: int, what: str) -> int:
     """``log2(value)`` for a power of two, else a ValueError naming ``what``."""
-    n = int(round(math.log2(value))) if value > 0 else -1
+    n = round(math.log2(value)) if value > 0 else -1
     if n < 1 or 2**n != value:
         raise ValueError(f"{what} must be a power of two >= 2, got {value}.")
     return n

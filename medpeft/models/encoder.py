@@ -21,7 +21,8 @@ segmentation_models_pytorch ``encoders/timm_universal.py``.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import timm
 import torch

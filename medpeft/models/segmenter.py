@@ -8,8 +8,9 @@ The split follows segmentation_models_pytorch (``base/model.py``): the encoder r
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn

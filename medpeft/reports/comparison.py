@@ -33,8 +33,8 @@ from medpeft.reports.runs import METRICS, ComparisonError, Run
 __all__ = [
     "METHOD_ORDER",
     "Comparison",
-    "bootstrap_mean_interval",
     "MethodSummary",
+    "bootstrap_mean_interval",
     "paired_wilcoxon",
     "summarize_runs",
 ]

@@ -176,7 +176,7 @@ class SegmentationModule(pl.LightningModule):
                 "train/skipped_batches", float(self.skipped_batches), on_step=True, batch_size=len(batch["image"])
             )
             rank_zero_warn(f"non-finite training loss ({loss.item()}) at {where}: batch skipped")
-            return None
+            return
         raise NonFiniteLossError(
             f"the training loss is {loss.item()} at {where}; no weight was updated with it, and the checkpoints "
             "written so far (checkpoints/last.ckpt, best-*.ckpt) are the last good ones. Lower optim.lr / "

@@ -18,7 +18,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _datamodule(root: Path, **kwargs) -> SegmentationDataModule:
-    options = dict(dataset="demo", root=str(root), image_size=64, batch_size=8, num_workers=0, seed=0)
+    options = {"dataset": "demo", "root": str(root), "image_size": 64, "batch_size": 8, "num_workers": 0, "seed": 0}
     return SegmentationDataModule(**(options | kwargs))
 
 
@@ -27,7 +27,7 @@ def test_init_does_no_io_and_knows_the_task(demo_root: Path) -> None:
     assert not demo_root.exists()
     assert (dm.num_classes, dm.in_channels) == (2, 3)
     with pytest.raises(RuntimeError, match="setup"):
-        dm.split
+        _ = dm.split
     with pytest.raises(ValueError, match="registered"):
         SegmentationDataModule(dataset="nope")
 

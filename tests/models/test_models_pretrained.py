@@ -177,7 +177,7 @@ def test_export_round_trips_through_medpeft_and_plain_timm(tmp_path):
     plain = timm.create_model(
         name,
         pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(tmp_path / "enc.safetensors")),
+        pretrained_cfg_overlay={"file": str(tmp_path / "enc.safetensors")},
         num_classes=0,
         **source.timm_kwargs,
     )

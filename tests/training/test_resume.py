@@ -62,7 +62,6 @@ def test_sigkilled_run_resumes_without_losing_or_repeating_a_step(demo_root: Pat
     assert reference.wait(timeout=300) == 0, reference.stdout.read()
 
     killed = _train([*base, f"output_dir={tmp_path / 'killed'}"])
-    last = None
     deadline = time.monotonic() + 300
     while killed.poll() is None and time.monotonic() < deadline:
         found = list((tmp_path / "killed").rglob("last.ckpt"))
@@ -71,7 +70,7 @@ def test_sigkilled_run_resumes_without_losing_or_repeating_a_step(demo_root: Pat
                 if checkpoint_step(found[0]) >= 12:
                     killed.send_signal(signal.SIGKILL)
                     break
-            except Exception:  # caught mid-write: look again
+            except Exception:  # noqa: BLE001, S110 - caught mid-write (any unpickling error): look again
                 pass
         time.sleep(0.02)
     killed.wait(timeout=60)

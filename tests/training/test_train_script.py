@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import json
 from pathlib import Path
 from types import ModuleType
@@ -142,7 +143,7 @@ def test_help_documents_arguments(train_script, capsys: pytest.CaptureFixture) -
 def test_warmup_cosine_schedule() -> None:
     factors = [warmup_cosine(step, warmup_steps=2, total_steps=10, min_lr_ratio=0.1) for step in range(12)]
     assert factors[:3] == [0.5, 1.0, 1.0]
-    assert all(a >= b for a, b in zip(factors[2:], factors[3:]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[2:]))
     assert factors[10] == pytest.approx(0.1) and factors[11] == pytest.approx(0.1)
 
 
