@@ -478,7 +478,7 @@ _Loader.add_implicit_resolver(
 
 
 def _parse(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader subclass: no arbitrary objects
 
 
 class _Sources:
