@@ -61,8 +61,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             naming the file (when it is first read); ``"skip"``: every case is read once in ``setup`` and the broken
             ones are left out and listed in :attr:`skipped_cases`.
         train_cases: Train on only this many of the training split's cases (a label budget: the low-data regime,
-            learning curves); ``None`` trains on all. The cases are the first ``train_cases`` of a permutation drawn
-            from ``seed``, so smaller budgets are subsets of larger ones; validation and test are unchanged.
+            learning curves); ``None`` trains on all. A case is what the split counts: an image of a 2D dataset, a
+            patient of a volume dataset (every slice of its volumes; ACDC: ED and ES). The cases are the first
+            ``train_cases`` of a permutation drawn from ``seed``, so smaller budgets are subsets of larger ones;
+            validation and test are unchanged.
         **dataset_options: Dataset-specific options passed to the dataset's builder (``data.options`` in a
             config), e.g. ``include_normal`` for BUSI; an option the builder does not take is a ``TypeError``.
 
@@ -182,11 +184,18 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.datasets[name] = dataset
 
     def _label_budget(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The first ``train_cases`` training records of a ``seed``-drawn permutation, in their split order."""
-        if self.train_cases > len(records):
-            raise ValueError(f"train_cases is {self.train_cases}, but the training split has {len(records)} cases")
-        order = torch.randperm(len(records), generator=torch.Generator().manual_seed(self.seed))
-        return [records[index] for index in sorted(order[: self.train_cases].tolist())]
+        """The records of the first ``train_cases`` training subjects of a ``seed``-drawn permutation, in split order.
+
+        A subject is what the split deals: a slice record's ``"subject"`` (the patient of an ACDC or Synapse volume,
+        so a budget of 3 is every slice of 3 patients), else the case itself (a 2D image).
+        """
+        subjects = sorted({record.get("subject", record["name"]) for record in records})
+        unit = "patients" if any("subject" in record for record in records) else "cases"
+        if self.train_cases > len(subjects):
+            raise ValueError(f"train_cases is {self.train_cases}, but the training split has {len(subjects)} {unit}")
+        order = torch.randperm(len(subjects), generator=torch.Generator().manual_seed(self.seed))
+        kept = {subjects[index] for index in order[: self.train_cases].tolist()}
+        return [record for record in records if record.get("subject", record["name"]) in kept]
 
     def _readable_records(self, split: str, dataset: SegmentationDataset) -> list[dict[str, Any]]:
         """Read every case once; return the records of the readable ones and record the others."""

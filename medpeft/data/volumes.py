@@ -379,7 +379,7 @@ class VolumeSliceCache:
 
 
 class LoadVolumeSliced(Transform):
-    """Turn a slice record ``{"case": int, "z": int, "name": str}`` into ``{"image", "label", "name"}``.
+    """Turn a slice record ``{"case": int, "z": int, "name": str, "subject": str}`` into ``{"image", "label", "name"}``.
 
     Output: ``image`` float32 ``[1, S, S]`` in ``[0, 1]``, ``label`` uint8 ``[1, S, S]`` (see
     :meth:`VolumeSliceCache.slice`).
@@ -390,6 +390,7 @@ class LoadVolumeSliced(Transform):
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         d = dict(data)  # never mutate the dataset's own record
+        d.pop("subject", None)  # the patient, for the label budget; not part of a batch
         d["image"], d["label"] = self.cache.slice(d.pop("case"), d.pop("z"))
         return d
 
@@ -436,7 +437,7 @@ def make_slice_dataset(
     """
     cache = VolumeSliceCache(cases, image_size)
     records = [
-        {"case": index, "z": z, "name": slice_name}
+        {"case": index, "z": z, "name": slice_name, "subject": case.group}
         for index, case in enumerate(cases)
         for z, slice_name in enumerate(case.slice_names)
     ]

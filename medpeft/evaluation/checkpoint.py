@@ -13,15 +13,19 @@ from torch import nn
 from medpeft.experiment.config import Config
 from medpeft.experiment.network import apply_finetuning, segmenter_from_config
 
-__all__ = ["find_run_checkpoint", "load_network_state", "load_trained_network"]
+__all__ = ["find_run_checkpoint", "load_network_state", "load_trained_network", "recorded_best_checkpoint"]
 
 
 def find_run_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
-    """The checkpoint a run was tested with: ``metrics.json``'s ``best_checkpoint``, else the one
-    ``checkpoints/best-*.ckpt``, else ``checkpoints/last.ckpt``.
+    """The checkpoint a run was (or, unfinished, would be) tested with.
+
+    In order: ``metrics.json``'s ``best_checkpoint``; the best checkpoint that ``checkpoints/last.ckpt``'s
+    ``ModelCheckpoint`` state names (the run's own record of which file scored best, so a stray older ``best-*.ckpt``
+    is never taken for it); the one ``checkpoints/best-*.ckpt``; ``checkpoints/last.ckpt`` (no validation ran).
 
     Raises:
-        FileNotFoundError: Naming the run directory, when it holds none of them.
+        FileNotFoundError: Naming the run directory, when it holds none of them, or several ``best-*.ckpt`` files
+            and no record of which one is best.
     """
     run = Path(run_dir)
     metrics = run / "metrics.json"
@@ -29,10 +33,29 @@ def find_run_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
         recorded = json.loads(metrics.read_text()).get("best_checkpoint")
         if recorded and (run / recorded).is_file():
             return run / recorded
-    candidates = sorted((run / "checkpoints").glob("best-*.ckpt")) or sorted((run / "checkpoints").glob("last.ckpt"))
-    if not candidates:
-        raise FileNotFoundError(f"{run}: no checkpoint found (looked for checkpoints/best-*.ckpt and last.ckpt)")
-    return candidates[-1]
+    last = run / "checkpoints" / "last.ckpt"
+    if last.is_file() and (best := recorded_best_checkpoint(last)) is not None:
+        return best
+    candidates = sorted((run / "checkpoints").glob("best-*.ckpt"))
+    if len(candidates) > 1:
+        names = ", ".join(path.name for path in candidates)
+        raise FileNotFoundError(f"{run}: several best checkpoints ({names}) and no record of which is best")
+    if candidates:
+        return candidates[0]
+    if last.is_file():
+        return last
+    raise FileNotFoundError(f"{run}: no checkpoint found (looked for checkpoints/best-*.ckpt and last.ckpt)")
+
+
+def recorded_best_checkpoint(path: str | os.PathLike[str]) -> Path | None:
+    """The best checkpoint that a Lightning checkpoint's ``ModelCheckpoint`` state names, if that file exists beside
+    it; ``None`` when it names none (no validation yet) or the file is gone. Read with ``weights_only=True``."""
+    callbacks = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {})
+    for state in callbacks.values():
+        if isinstance(state, dict) and state.get("best_model_path"):
+            best = Path(path).parent / Path(state["best_model_path"]).name
+            return best if best.is_file() else None
+    return None
 
 
 def load_network_state(net: nn.Module, path: str | os.PathLike[str]) -> None:

@@ -153,8 +153,10 @@ class DataConfig(_Section):
             once before training, broken ones are left out of their split, listed in the run's
             ``skipped_cases.json`` and counted in ``metrics.json``.
         train_cases: Train on only this many cases of the training split (a label budget, for the low-data regime
-            and learning curves): the first ``train_cases`` of a permutation drawn from ``split_seed``, so a smaller
-            budget is a subset of a larger one; validation and test are unchanged. ``None`` (default) trains on all.
+            and learning curves), counted as the split counts them: images of a 2D dataset, patients of ACDC and
+            Synapse (every slice of their volumes). They are the first ``train_cases`` of a permutation drawn from
+            ``split_seed``, so a smaller budget is a subset of a larger one; validation and test are unchanged.
+            ``None`` (default) trains on all.
         options: Dataset-specific keyword arguments passed through to the data module unchecked.
     """
 

@@ -90,9 +90,10 @@ class SegmentationModule(pl.LightningModule):
         loss_options: Keyword arguments of ``DiceCELoss`` beyond ``to_onehot_y`` and ``softmax`` (``batch``,
             ``include_background``, ``lambda_dice``, ``lambda_ce``, ``smooth_nr``, ``smooth_dr``); ``None``: the
             config's defaults (:class:`~medpeft.experiment.config.LossConfig`).
-        nonfinite_loss: What a NaN or infinite training loss does: ``"stop"`` raises :class:`NonFiniteLossError`
-            before any weight is touched (the checkpoints already written stay the last good ones); ``"skip"``
-            drops the batch (no backward, no weight update, BatchNorm statistics restored; the learning-rate
+        nonfinite_loss: What a NaN or infinite training loss does. Either way the BatchNorm running statistics
+            that batch's forward moved are put back first, so nothing of it stays in the network. ``"stop"`` raises
+            :class:`NonFiniteLossError` before any weight is touched (``last.ckpt`` then holds the state just
+            before the batch); ``"skip"`` drops the batch (no backward, no weight update; the learning-rate
             schedule still advances), counts it in ``skipped_batches`` and logs ``train/skipped_batches``.
             Skipping is for one process: under DDP every rank must step together.
     """
@@ -146,8 +147,9 @@ class SegmentationModule(pl.LightningModule):
         return loss, self._one_hot(logits.argmax(dim=1)), self._one_hot(batch["label"])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        # a skipped batch must not leave its mark through the forward either: keep the norm statistics it moves
-        saved = self._moving_norm_statistics() if self.hparams.nonfinite_loss == "skip" else []
+        # a non-finite batch must not leave its mark through the forward either (skipped, or stopping a run whose
+        # last.ckpt is then written): keep the norm statistics the forward moves, to put them back
+        saved = self._moving_norm_statistics()
         task_loss = self.loss(self.net(batch["image"]), batch["label"])
         loss = task_loss + self.hparams.reg_weight * regularization_loss(self.net.encoder)
         if not torch.isfinite(loss):
@@ -178,8 +180,8 @@ class SegmentationModule(pl.LightningModule):
             rank_zero_warn(f"non-finite training loss ({loss.item()}) at {where}: batch skipped")
             return
         raise NonFiniteLossError(
-            f"the training loss is {loss.item()} at {where}; no weight was updated with it, and the checkpoints "
-            "written so far (checkpoints/last.ckpt, best-*.ckpt) are the last good ones. Lower optim.lr / "
+            f"the training loss is {loss.item()} at {where}; no weight or statistic was updated with it, and "
+            "checkpoints/last.ckpt holds the state just before this batch (--resume continues from it). Lower optim.lr / "
             "optim.encoder_lr, keep optim.grad_clip on, check the batch's images for NaN, or set "
             "optim.nonfinite_loss: skip to drop such batches"
         )

@@ -36,7 +36,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
@@ -60,7 +60,7 @@ from medpeft.experiment.task_file import save_task
 from medpeft.metrics import efficiency_figures
 from medpeft.models import PretrainedWeightsError
 from medpeft.training.module import SegmentationModule
-from medpeft.training.resume import LastCheckpoint, checkpoint_step, find_resume_checkpoint, restore_log_history
+from medpeft.training.resume import RunCheckpoint, checkpoint_step, find_resume_checkpoint, restore_log_history
 from medpeft.training.throughput import TrainingThroughput
 
 __all__ = ["build_parser", "build_trainer", "collect_metrics", "main", "make_run_dir", "trainer_options"]
@@ -219,35 +219,31 @@ def _build_datamodule(cfg: Config) -> SegmentationDataModule:
     return datamodule
 
 
-def build_trainer(cfg: Config, run_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
-    """Return the Trainer of a run and its checkpoint callback (best by ``val/dice`` plus ``last.ckpt``).
+def build_trainer(cfg: Config, run_dir: Path) -> tuple[pl.Trainer, RunCheckpoint, TrainingThroughput]:
+    """Return the Trainer of a run, its checkpoint callback and its speed meter.
 
-    ``last.ckpt`` is written after every validation, every ``checkpoint_every_n_steps`` optimizer steps, at the end
-    of training and when ``fit`` raises (:mod:`medpeft.training.resume`).
+    :class:`~medpeft.training.resume.RunCheckpoint` keeps the best checkpoint by ``val/dice`` and ``last.ckpt``
+    (after every validation, every ``checkpoint_every_n_steps`` optimizer steps, at the end of training and when
+    ``fit`` raises). :class:`~medpeft.training.throughput.TrainingThroughput` comes first in the callbacks and the
+    checkpoint last (Lightning moves every ``ModelCheckpoint`` to the end), so no checkpoint write falls inside a
+    timed step.
 
     Logs go to ``run_dir/csv`` and ``run_dir/tensorboard``; gradients are clipped by norm at ``optim.grad_clip``;
     the ``trainer`` section is completed by :func:`trainer_options`.
     """
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best-epoch{epoch:03d}-step{step:06d}",
-        auto_insert_metric_name=False,  # "val/dice" in a file name would create a sub-directory
-        monitor="val/dice",
-        mode="max",
-        save_top_k=1,
-    )
+    checkpoint = RunCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every_n_steps)
+    throughput = TrainingThroughput()
     trainer = pl.Trainer(
         default_root_dir=run_dir,
         logger=[
             CSVLogger(save_dir=run_dir, name="csv", version=""),
             TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
         ],
-        # last.ckpt: what --resume continues from
-        callbacks=[checkpoint, LastCheckpoint(run_dir, cfg.checkpoint_every_n_steps), LearningRateMonitor("step")],
+        callbacks=[throughput, LearningRateMonitor("step"), checkpoint],
         gradient_clip_val=cfg.optim.grad_clip or None,
         **trainer_options(cfg.trainer),
     )
-    return trainer, checkpoint
+    return trainer, checkpoint, throughput
 
 
 def collect_metrics(
@@ -364,9 +360,7 @@ def main(argv: list[str] | None = None) -> Path:
         freeze_encoder_norm=not cfg.adapter.adapt_norm,
         loss_options=cfg.loss.dice_ce_options(),
     )
-    trainer, checkpoint = build_trainer(cfg, run_dir)
-    throughput = TrainingThroughput()
-    trainer.callbacks.append(throughput)
+    trainer, checkpoint, throughput = build_trainer(cfg, run_dir)
 
     resume_from = find_resume_checkpoint(run_dir) if resume_dir is not None else None
     resumed_step = None if resume_from is None else checkpoint_step(resume_from)

@@ -12,7 +12,14 @@ __all__ = ["TrainingThroughput"]
 
 
 class TrainingThroughput(pl.Callback):
-    """Time each training step (forward, backward, optimizer step; data loading excluded) and track peak memory.
+    """Time each training step (forward, backward, optimizer step; data loading and checkpoint writes excluded) and
+    track peak memory.
+
+    The window is ``on_train_batch_start`` -> ``on_train_batch_end`` of this callback, which must come before the
+    checkpoint callback (``build_trainer`` puts it first; Lightning runs every ``ModelCheckpoint`` last), so a
+    periodic ``last.ckpt`` write (largest for ``full``) never counts as training time. Lightning's
+    ``ThroughputMonitor`` is not used for this figure: it times from batch end to batch end, data loading included,
+    and a checkpoint written after a validation falls into its next training interval.
 
     The first ``warmup_steps`` steps are not timed (CUDA context, cuDNN autotuning, allocator growth). On a CUDA
     device the clock is read after ``torch.cuda.synchronize()`` so asynchronous kernels are counted.

@@ -274,3 +274,23 @@ def test_real_data_100_patients_patient_level_split() -> None:
     patient090 = build_acdc_volumes(root, split=next(n for n, p in patients.items() if "patient090" in p))
     ed = patient090[patient090.case_ids.index("patient090_ED")]
     assert set(ed["label"].unique().tolist()) == {0, 1, 2, 3} and ed["image"].max() == 1.0  # the uint8 patient
+
+
+def test_label_budget_counts_patients_not_slices(acdc2017: tuple[Path, dict]) -> None:
+    from medpeft.data import SegmentationDataModule
+
+    root, _ = acdc2017
+
+    def train_slices(budget: int | None) -> list[str]:
+        dm = SegmentationDataModule("acdc", str(root), image_size=16, seed=0, train_cases=budget)
+        dm.setup("fit")
+        return dm.split["train"]
+
+    everything, three = train_slices(None), train_slices(3)
+    assert len(_patients(three)) == 3
+    # every slice of both frames (ED, ES) of each budgeted patient, not 3 slices
+    assert three == [name for name in everything if name.split("_")[0] in _patients(three)]
+    assert len(three) == 3 * 2 * SHAPE[2]
+    assert set(three) < set(train_slices(5))  # nested budgets
+    with pytest.raises(ValueError, match=r"train_cases is 99, but the training split has \d+ patients"):
+        train_slices(99)

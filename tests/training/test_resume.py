@@ -17,6 +17,7 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from medpeft.data import generate_demo_isic
+from medpeft.evaluation.checkpoint import find_run_checkpoint
 from medpeft.training.resume import checkpoint_step, restore_log_history
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,9 +37,10 @@ TINY = [
 ]
 
 
-def _train(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *args], env=env, cwd=REPO,
+def _train(args: list[str], script: list[str] | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(REPO), **(env or {})}
+    script = script or [str(REPO / "scripts" / "train.py")]
+    return subprocess.Popen([sys.executable, *script, *args], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
@@ -104,6 +106,53 @@ def test_sigkilled_run_resumes_without_losing_or_repeating_a_step(demo_root: Pat
 
     finished = _train(["--resume", str(run_dir)])
     assert "already finished" in finished.communicate(timeout=120)[0]
+
+
+def test_resume_after_a_kill_behind_an_improving_validation_tests_the_best_checkpoint(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    # validation Dice 0.1, 0.5, 0.3, 0.2 (scripted); killed right after epoch 1's validation improved the best, before
+    # any later save. The resumed run must know epoch 1 is best: keep its file alone and test it.
+    steps_per_epoch = 3
+    overrides = [*TINY, f"trainer.limit_train_batches={steps_per_epoch}", "trainer.max_steps=-1",
+                 "trainer.max_epochs=4", "checkpoint_every_n_steps=0", f"data.root={demo_root}"]  # fmt: skip
+    worker = [str(REPO / "tests" / "training" / "workers" / "scripted_val_dice.py")]
+    config = ["--config", str(REPO / "configs" / "demo_tcur.yaml"), "--set", *overrides, f"output_dir={tmp_path}"]
+    killed = _train(config, worker, {"MEDPEFT_TEST_KILL_EPOCH": "2"})
+    output = killed.communicate(timeout=300)[0]
+    assert killed.returncode == -signal.SIGKILL, output
+    run_dir = _run_dir(tmp_path)
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 2 * steps_per_epoch
+
+    resumed = _train(["--resume", str(run_dir)], worker)
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    best = f"best-epoch001-step{2 * steps_per_epoch:06d}.ckpt"
+    assert [p.name for p in (run_dir / "checkpoints").glob("best-*.ckpt")] == [best]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["best_checkpoint"] == f"checkpoints/{best}"
+    assert find_run_checkpoint(run_dir).name == best
+    with open(run_dir / "csv" / "metrics.csv", newline="") as handle:
+        logged = [float(row["val/dice"]) for row in csv.DictReader(handle) if row.get("val/dice")]
+    assert logged == pytest.approx(
+        [0.1, 0.5, 0.3, 0.2]
+    )  # the tested checkpoint is the one with the best logged val/dice
+
+
+def test_run_checkpoint_is_found_from_last_ckpt_among_stray_best_files(demo_root: Path, tmp_path: Path) -> None:
+    # an unfinished run (no metrics.json) with a stray, newer best-*.ckpt beside the real one: last.ckpt's record wins
+    overrides = [*TINY, "trainer.limit_train_batches=3", "trainer.max_steps=-1", "trainer.max_epochs=3",
+                 "checkpoint_every_n_steps=0", f"data.root={demo_root}"]  # fmt: skip
+    worker = [str(REPO / "tests" / "training" / "workers" / "scripted_val_dice.py")]
+    config = ["--config", str(REPO / "configs" / "demo_tcur.yaml"), "--set", *overrides, f"output_dir={tmp_path}"]
+    killed = _train(config, worker, {"MEDPEFT_TEST_KILL_EPOCH": "2"})
+    assert killed.wait(timeout=300) == -signal.SIGKILL
+    run_dir = _run_dir(tmp_path)
+    (run_dir / "checkpoints" / "best-epoch009-step000099.ckpt").write_bytes(b"stray")
+    assert find_run_checkpoint(run_dir).name == "best-epoch001-step000006.ckpt"
+    (run_dir / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match="several best checkpoints"):
+        find_run_checkpoint(run_dir)
 
 
 def test_log_history_keeps_rows_before_the_step_and_appends(tmp_path: Path) -> None:
