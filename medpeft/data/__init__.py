@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from medpeft.data.acdc import build_acdc
 from medpeft.data.busi import build_busi
-from medpeft.data.datamodule import SegmentationDataModule
+from medpeft.data.datamodule import SegmentationDataModule, SplitMismatchError
 from medpeft.data.isic import build_isic2018
 from medpeft.data.registry import (
     DATASETS,
@@ -43,6 +43,7 @@ __all__ = [
     "DatasetNotFoundError",
     "SegmentationDataModule",
     "SegmentationDataset",
+    "SplitMismatchError",
     "build_acdc",
     "build_busi",
     "build_dataset",

@@ -131,7 +131,7 @@ def build_augmentation(steps: Sequence[Mapping[str, Mapping[str, Any]]]) -> A.Co
     """
     transforms = []
     for index, step in enumerate(steps):
-        (name, kwargs), = step.items()
+        ((name, kwargs),) = step.items()
         cls = getattr(A, name, None)
         if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
             raise ValueError(f"augmentation step {index}: {name!r} is not an albumentations transform")

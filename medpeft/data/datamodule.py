@@ -14,6 +14,10 @@ Decisions:
   :class:`~medpeft.data.transforms.CaseFileError` naming the file, by default (``bad_cases="error"``). With
   ``bad_cases="skip"`` setup reads every case once (a progress bar), drops the broken ones from their split and lists
   them in :attr:`SegmentationDataModule.skipped_cases`; the saved split holds only the cases that were used.
+* This class is the one place that builds a split: training, the final test, ``scripts/evaluate.py`` (which passes
+  the run's ``split.json`` as ``recorded_split``, so it scores exactly the cases the run held out, broken ones left
+  out as in training, without reading every file again) and the per-volume scoring of 3D datasets
+  (:meth:`SegmentationDataModule.volumes`).
 * Loaders are ``monai.data.DataLoader``: it seeds the random transforms of every worker from the loader's generator,
   so augmentation is reproducible for any ``num_workers``. The training loader shuffles with a generator seeded by
   ``seed``; val / test loaders keep a fixed order and never augment.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,8 +40,13 @@ from medpeft.data.augmentation import AugmentationSpec
 from medpeft.data.registry import DATASETS, SegmentationDataset, build_dataset, dataset_info, make_dataset
 from medpeft.data.splits import SPLIT_NAMES, save_split_json
 from medpeft.data.transforms import CaseFileError
+from medpeft.data.volumes import VOLUME_DATASETS, VolumeDataset, build_volume_dataset
 
-__all__ = ["SegmentationDataModule"]
+__all__ = ["SegmentationDataModule", "SplitMismatchError"]
+
+
+class SplitMismatchError(ValueError):
+    """A recorded split (a run's ``split.json``) lists cases the dataset no longer has in that split."""
 
 
 class SegmentationDataModule(pl.LightningDataModule):
@@ -65,6 +75,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             patient of a volume dataset (every slice of its volumes; ACDC: ED and ES). The cases are the first
             ``train_cases`` of a permutation drawn from ``seed``, so smaller budgets are subsets of larger ones;
             validation and test are unchanged.
+        recorded_split: The split a run recorded (its ``split.json``: case ids per split). Each split keeps just
+            those cases of the rebuilt one, with no new check of the files and no new label budget (the record
+            already reflects both); a recorded case the rebuilt split lacks is a :class:`SplitMismatchError`.
         **dataset_options: Dataset-specific options passed to the dataset's builder (``data.options`` in a
             config), e.g. ``include_normal`` for BUSI; an option the builder does not take is a ``TypeError``.
 
@@ -91,6 +104,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         cache_rate: float = 0.0,
         bad_cases: Literal["error", "skip"] = "error",
         train_cases: int | None = None,
+        recorded_split: Mapping[str, Sequence[str]] | None = None,
         **dataset_options: Any,
     ) -> None:
         super().__init__()
@@ -109,7 +123,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             unknown = sorted(set(dataset_options) - set(builder))
             if unknown:
                 raise ValueError(f"dataset {dataset!r} has no option(s) {unknown}; it takes: {sorted(builder)}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["recorded_split"])
         self.dataset = dataset
         self.root = root if root is not None else info.default_root
         self.image_size = image_size
@@ -123,6 +137,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.dataset_options = dataset_options
         self.bad_cases = bad_cases
         self.train_cases = train_cases
+        self.recorded_split = None if recorded_split is None else {k: list(v) for k, v in recorded_split.items()}
         self.datasets: dict[str, SegmentationDataset] = {}
         #: Broken cases left out with ``bad_cases="skip"``: ``{"split", "case", "file", "problem"}`` each.
         self.skipped_cases: list[dict[str, str]] = []
@@ -161,8 +176,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             if name in self.datasets:
                 continue
             cache_rate = self.cache_rate if name != "test" else 0.0
-            budget = name == "train" and self.train_cases is not None
-            filtered = self.bad_cases == "skip" or budget
+            recorded = self.recorded_split is not None
+            budget = name == "train" and self.train_cases is not None and not recorded
+            filtered = self.bad_cases == "skip" or budget or recorded
             dataset = build_dataset(
                 self.dataset,
                 self.root,
@@ -177,7 +193,12 @@ class SegmentationDataModule(pl.LightningDataModule):
                 **self.dataset_options,
             )
             if filtered:
-                records = self._readable_records(name, dataset) if self.bad_cases == "skip" else list(dataset.data)
+                if recorded:
+                    records = self._recorded_records(name, dataset)
+                elif self.bad_cases == "skip":
+                    records = self._readable_records(name, dataset)
+                else:
+                    records = list(dataset.data)
                 if budget:
                     records = self._label_budget(records)
                 dataset = make_dataset(records, dataset.transform, cache_rate=cache_rate)
@@ -197,6 +218,17 @@ class SegmentationDataModule(pl.LightningDataModule):
         kept = {subjects[index] for index in order[: self.train_cases].tolist()}
         return [record for record in records if record.get("subject", record["name"]) in kept]
 
+    def _recorded_records(self, split: str, dataset: SegmentationDataset) -> list[dict[str, Any]]:
+        """The records of ``dataset`` that the recorded split lists for ``split``; every listed one must be there."""
+        listed = set(self.recorded_split.get(split, []))
+        missing = sorted(listed - set(dataset.case_ids))
+        if missing:
+            raise SplitMismatchError(
+                f"{len(missing)} recorded {split} case(s) are not in the {split} split rebuilt from {self.root} "
+                f"(e.g. {missing[:3]}); the dataset or the split settings changed since the run"
+            )
+        return [record for record in dataset.data if record["name"] in listed]
+
     def _readable_records(self, split: str, dataset: SegmentationDataset) -> list[dict[str, Any]]:
         """Read every case once; return the records of the readable ones and record the others."""
         broken: set[int] = set()
@@ -210,6 +242,28 @@ class SegmentationDataModule(pl.LightningDataModule):
                     {"split": split, "case": dataset.case_ids[index], "file": err.path, "problem": problem}
                 )
         return [record for index, record in enumerate(dataset.data) if index not in broken]
+
+    def volumes(self, split: str) -> VolumeDataset:
+        """The 3D volumes of one split of a volume dataset (ACDC, Synapse) at native resolution, for per-volume
+        scoring: those with a slice in :attr:`split` (so a volume skipped as broken, or outside the label budget,
+        is left out here too), in the split's order.
+
+        Raises:
+            ValueError: If the dataset has no volume reader.
+        """
+        builder = VOLUME_DATASETS.get(self.dataset)
+        if builder is None:
+            raise ValueError(
+                f"dataset {self.dataset!r} has no volume (3D) reader; available: {sorted(VOLUME_DATASETS)}"
+            )
+        options = {"seed": self.seed, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
+        options.update(self.dataset_options)
+        accepted = inspect.signature(builder).parameters
+        volumes = build_volume_dataset(
+            self.dataset, self.root, split=split, **{k: v for k, v in options.items() if k in accepted}
+        )
+        kept = set(self.split[split])
+        return VolumeDataset([case for case in volumes.cases if kept.intersection(case.slice_names)])
 
     def save_split(self, path: str | os.PathLike[str]) -> Path:
         """Write :attr:`split` to ``path`` as JSON, atomically (temporary file, then ``os.replace``).

@@ -1,8 +1,9 @@
 """``scripts/evaluate.py``: score a trained run (or a checkpoint) on a held-out split and write the reports.
 
 The network is rebuilt from the run's ``config.yaml`` (pretrained weights, then adapters) and the checkpoint's
-weights are loaded (:func:`~medpeft.evaluation.checkpoint.load_trained_network`); the split is rebuilt from the
-same config. Inference runs in float32 with deterministic algorithms, so evaluating a checkpoint twice gives the
+weights are loaded (:func:`~medpeft.evaluation.checkpoint.load_trained_network`); the split is built by training's
+code from the same config and restricted to the run's ``split.json`` (when the checkpoint sits in a run directory and
+no other ``--config`` is given), so the cases scored are exactly those the run held out. Inference runs in float32 with deterministic algorithms, so evaluating a checkpoint twice gives the
 same numbers, and evaluating a run directory reproduces the test metrics ``scripts/train.py`` wrote.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from medpeft.cli import exit_with_error
-from medpeft.data import VOLUME_DATASETS, DatasetNotFoundError
+from medpeft.data import VOLUME_DATASETS, DatasetNotFoundError, SplitMismatchError
 from medpeft.evaluation.checkpoint import find_run_checkpoint, load_trained_network
 from medpeft.evaluation.evaluator import RESOLUTIONS, evaluate_split
 from medpeft.evaluation.report import write_evaluation
@@ -65,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(args: argparse.Namespace) -> tuple[Path, Path, Path]:
-    """Return (checkpoint, config file, default output folder)."""
+def _resolve(args: argparse.Namespace) -> tuple[Path, Path, Path, Path | None]:
+    """Return (checkpoint, config file, default output folder, the run's split.json if there is one)."""
     if args.run is not None:
         run = Path(args.run)
         if not (run / "config.yaml").is_file():
@@ -75,7 +76,13 @@ def _resolve(args: argparse.Namespace) -> tuple[Path, Path, Path]:
             checkpoint = find_run_checkpoint(run)
         except FileNotFoundError as err:
             exit_with_error(str(err))
-        return checkpoint, Path(args.config or run / "config.yaml"), run / "eval"
+        split_file = run / "split.json"
+        return (
+            checkpoint,
+            Path(args.config or run / "config.yaml"),
+            run / "eval",
+            split_file if split_file.is_file() else None,
+        )
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         exit_with_error(f"checkpoint {checkpoint} does not exist")
@@ -83,8 +90,10 @@ def _resolve(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     config = Path(args.config) if args.config else run / "config.yaml"
     if not config.is_file():
         exit_with_error(f"no config for {checkpoint}: {config} does not exist; pass --config FILE")
-    out = run / "eval" if (run / "config.yaml").is_file() else Path("runs") / "eval" / checkpoint.stem
-    return checkpoint, config, out
+    in_run = (run / "config.yaml").is_file()
+    out = run / "eval" if in_run else Path("runs") / "eval" / checkpoint.stem
+    split_file = run / "split.json" if in_run and (run / "split.json").is_file() and not args.config else None
+    return checkpoint, config, out, split_file
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -94,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         SystemExit: Status 2 on a missing run, checkpoint, config or dataset, or weights that do not fit.
     """
     args = build_parser().parse_args(argv)
-    checkpoint, config_file, default_out = _resolve(args)
+    checkpoint, config_file, default_out, split_file = _resolve(args)
     try:
         cfg = load_config(config_file)
     except ConfigError as err:
@@ -110,10 +119,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         resolution = args.resolution or cfg.data.test_resolution
         result = evaluate_split(
-            net, cfg, args.split, args.protocol, args.data_root, args.batch_size, resolution=resolution
+            net,
+            cfg,
+            args.split,
+            args.protocol,
+            args.data_root,
+            args.batch_size,
+            resolution=resolution,
+            split_file=split_file,
         )
     except DatasetNotFoundError as err:
         exit_with_error(str(err))
+    except SplitMismatchError as err:
+        exit_with_error(f"{split_file}: {err}")
     suffix = "-native" if result.summary["resolution"] == "native" and cfg.data.dataset not in VOLUME_DATASETS else ""
     out = Path(args.out) if args.out else default_out / f"{args.split}-{args.protocol}{suffix}"
     write_evaluation(result, out, cfg.model.num_classes, overlays=not args.no_overlays)

@@ -10,13 +10,14 @@ What a "case" is follows the published protocols of each dataset:
   (:func:`~medpeft.evaluation.inference.predict_volume`) and scored on the stacked volume at its native voxel grid,
   distances in mm from the file's spacing (voxels under ``protocol="transunet"``).
 
-The split is rebuilt from the config (``data.split_seed``, fractions, options), so it is the split the run trained
-and selected its checkpoint on; the test split is never seen before this.
+The split is built by the same code as training's (:func:`~medpeft.experiment.data.datamodule_from_config`), from the
+config and, for a run, its ``split.json``, so it is the split the run trained and selected its checkpoint on, broken
+files left out alike; the test split is never seen before this.
 """
 
 from __future__ import annotations
 
-import inspect
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,9 +30,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from medpeft.data import VOLUME_DATASETS, build_dataset, build_volume_dataset, dataset_info
+from medpeft.data import VOLUME_DATASETS, SegmentationDataset, dataset_info
+from medpeft.data.volumes import VolumeDataset
 from medpeft.evaluation.inference import predict_images, predict_volume
 from medpeft.experiment.config import Config
+from medpeft.experiment.data import datamodule_from_config
 from medpeft.metrics import Protocol, case_scores, distance_unit, summarize_scores
 
 __all__ = ["RESOLUTIONS", "CaseView", "EvaluationResult", "Resolution", "evaluate_split"]
@@ -60,23 +63,6 @@ class EvaluationResult:
     views: dict[str, CaseView] = field(default_factory=dict)
 
 
-def _dataset_options(cfg: Config) -> dict[str, Any]:
-    """``data.options`` without the loader settings that evaluation fixes (no augmentation, no cache)."""
-    return {key: value for key, value in cfg.data.options.items() if key not in ("augment", "cache_rate")}
-
-
-def _builder_options(builder: Any, cfg: Config) -> dict[str, Any]:
-    """The split arguments and ``data.options`` that ``builder`` takes."""
-    options = {
-        "seed": cfg.data.split_seed,
-        "val_fraction": cfg.data.val_fraction,
-        "test_fraction": cfg.data.test_fraction,
-        **_dataset_options(cfg),
-    }
-    accepted = inspect.signature(builder).parameters
-    return {key: value for key, value in options.items() if key in accepted}
-
-
 def _native_case(dataset: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Image ``[C, H, W]`` in ``[0, 1]`` and mask ``[H, W]`` of case ``index`` at the file's own size.
 
@@ -92,18 +78,8 @@ def _native_case(dataset: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _image_cases(
-    net: nn.Module, cfg: Config, root: str | None, split: str, batch_size: int, resolution: Resolution = "train"
+    net: nn.Module, dataset: SegmentationDataset, batch_size: int, resolution: Resolution = "train"
 ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, None, str]]:
-    dataset = build_dataset(
-        cfg.data.dataset,
-        root,
-        split=split,
-        image_size=cfg.data.image_size,
-        seed=cfg.data.split_seed,
-        val_fraction=cfg.data.val_fraction,
-        test_fraction=cfg.data.test_fraction,
-        **{**_dataset_options(cfg), "augment": False, "cache_rate": 0.0},
-    )
     device = next(net.parameters()).device
     index = 0
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
@@ -124,10 +100,8 @@ def _image_cases(
 
 
 def _volume_cases(
-    net: nn.Module, cfg: Config, root: str | None, split: str, batch_size: int
+    net: nn.Module, cfg: Config, volumes: VolumeDataset, batch_size: int
 ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, ...], str]]:
-    builder = VOLUME_DATASETS[cfg.data.dataset]
-    volumes = build_volume_dataset(cfg.data.dataset, root, split=split, **_builder_options(builder, cfg))
     for volume in volumes:
         pred = predict_volume(net, volume["image"], cfg.data.image_size, cfg.model.in_channels, batch_size)
         yield volume["name"], volume["image"], volume["label"], pred, tuple(volume["spacing"]), volume["spacing_unit"]
@@ -151,8 +125,12 @@ def evaluate_split(
     batch_size: int | None = None,
     progress: bool = True,
     resolution: Resolution = "train",
+    split_file: str | os.PathLike[str] | None = None,
 ) -> EvaluationResult:
     """Predict and score every case of one split.
+
+    The split comes from :func:`~medpeft.experiment.data.datamodule_from_config`, the builder training uses (broken
+    cases skipped as ``data.bad_cases`` says, the label budget on ``train``), without augmentation.
 
     Args:
         net: The trained segmenter (any device); evaluated in eval mode, its mode restored afterwards.
@@ -164,18 +142,21 @@ def evaluate_split(
         progress: Show a progress bar on stderr.
         resolution: 2D datasets only: ``"train"`` scores at ``S x S``, ``"native"`` at each image's own size (see the
             module docstring). Volumes are always scored on their native voxel grid.
+        split_file: The run's ``split.json``: score exactly the cases it lists for ``split`` (a
+            :class:`~medpeft.data.SplitMismatchError` if the data no longer holds them there).
 
     Returns:
         Rows in case order, the summary, and one view per case.
     """
-    root = data_root if data_root is not None else cfg.data.root
     info = dataset_info(cfg.data.dataset)
     is_volume = cfg.data.dataset in VOLUME_DATASETS
     size = batch_size or cfg.data.batch_size
+    data = datamodule_from_config(cfg, data_root, evaluation=True, split_file=split_file)
+    data.setup()
     cases = (
-        _volume_cases(net, cfg, root, split, size)
+        _volume_cases(net, cfg, data.volumes(split), size)
         if is_volume
-        else _image_cases(net, cfg, root, split, size, resolution)
+        else _image_cases(net, data.datasets[split], size, resolution)
     )
     unit = "px"
     rows: list[dict[str, Any]] = []

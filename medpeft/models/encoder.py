@@ -126,9 +126,7 @@ class TimmEncoder(nn.Module):
         ValueError: If ``name`` is not of a supported family.
     """
 
-    def __init__(
-        self, name: str, in_channels: int, img_size: int, out_indices: Sequence[int] | None = None
-    ) -> None:
+    def __init__(self, name: str, in_channels: int, img_size: int, out_indices: Sequence[int] | None = None) -> None:
         super().__init__()
         self.name = name
         self.family = encoder_family(name)

@@ -331,7 +331,6 @@ def encoder_state_dict_for_timm(encoder: TimmEncoder) -> dict[str, torch.Tensor]
     return out
 
 
-
 def _unmerged_adapters(module: nn.Module) -> list[str]:
     """Names of the adapter layers in ``module`` whose update is not merged into their base weight."""
     try:

@@ -10,9 +10,15 @@ Runs are grouped by their label (``metrics.json`` ``name``, i.e. ``Config.label`
 - **Dice interval**: with several seeds, mean ± the std across seeds; with one seed, the 95 % percentile bootstrap
   interval of the mean over test cases of the per-case Dice (:func:`scipy.stats.bootstrap`, 9,999 resamples, fixed
   random state, so a table is reproducible). The Pareto plot draws it;
-- **p**: a two-sided paired Wilcoxon signed-rank test (:func:`scipy.stats.wilcoxon`) of per-case Dice against the
-  reference method, cases matched by id on the intersection of the two case sets, each method's per-case Dice
-  first averaged over its seeds; ``1.0`` when every difference is zero.
+- **Dice, all cases**: the mean over seeds of ``metrics.json``'s ``dice_all``, which scores every test case: a case
+  without the class scores 1 when predicted empty and 0 with any false positive (shown when some test case lacks a
+  class, e.g. BUSI's normal scans; elsewhere it equals Dice);
+- **p**: a two-sided paired Wilcoxon signed-rank test (:func:`scipy.stats.wilcoxon`) of the per-case Dice by that
+  same all-cases rule against the reference method, each method's per-case score first averaged over its seeds (so
+  one pair is one test case), cases matched by id; ``1.0`` when every difference is zero. Pairing on the score
+  the mean uses matters: dropping the cases a method leaves empty and correct would drop exactly the normal scans
+  where the other method's false positives cost it. Runs whose ``per_case.csv`` lacks the voxel counts (older
+  versions) are paired on the defined per-case Dice instead, with a note.
 
 Runs that mix datasets, evaluation protocols or distance units are refused, as are runs of one label that differ
 in encoder, parameter counts, image size or number of test cases (give them different ``name`` s instead).
@@ -28,7 +34,7 @@ from typing import Literal
 import numpy as np
 from scipy.stats import bootstrap, wilcoxon
 
-from medpeft.reports.runs import METRICS, ComparisonError, Run
+from medpeft.reports.runs import DICE_ALL, METRICS, ComparisonError, Run
 
 __all__ = [
     "METHOD_ORDER",
@@ -59,8 +65,8 @@ class MethodSummary:
         mean: Metric -> mean over seeds of the run-level values (``None`` if no run defines it).
         std: Metric -> the ``±`` described by ``std_kind`` (``None`` where it cannot be computed).
         std_kind: ``"seeds"`` (std across seeds), ``"cases"`` (one seed: std across test cases) or ``"none"``.
-        case_dice: Case id -> per-case Dice averaged over the seeds that define it; ``None`` when a run has no
-            ``per_case.csv``.
+        case_dice: Case id -> the per-case score the p-value pairs (``Comparison.paired_score``), averaged over the
+            seeds that define it; ``None`` when a run has no ``per_case.csv``.
         p_value: Wilcoxon p against the reference; ``None`` for the reference itself or without per-case Dice.
         n_paired: Number of test cases paired in that test.
         dice_interval: ``(low, high)`` of the Dice uncertainty, of the kind ``dice_interval_kind`` says; ``None``
@@ -143,6 +149,8 @@ class Comparison:
         protocol: Evaluation protocol of every run (``"symmetric"`` or ``"transunet"``).
         distance_unit: Unit of HD95 and ASD (``"mm"``, ``"px"`` or ``"voxel"``).
         notes: Caveats to print under the table (duplicate runs, differing case sets, missing per-case files).
+        paired_score: The per-case score the p-values and one-seed intervals use: ``"dice_all"`` (every case,
+            :data:`~medpeft.reports.runs.DICE_ALL`), or ``"dice"`` (defined values only) when a run lacks it.
     """
 
     methods: list[MethodSummary]
@@ -151,6 +159,12 @@ class Comparison:
     protocol: str
     distance_unit: str
     notes: list[str] = field(default_factory=list)
+    paired_score: str = DICE_ALL
+
+    @property
+    def shows_dice_all(self) -> bool:
+        """Whether some test case lacks a class (so Dice over all cases differs from Dice)."""
+        return any((run.metrics.get("empty_target") or {}).get("n", 0) > 0 for m in self.methods for run in m.runs)
 
     @property
     def n_test_cases(self) -> list[int]:
@@ -246,21 +260,22 @@ def _check_setup(name: str, runs: list[Run]) -> None:
             )
 
 
-def _summarize_label(name: str, runs: list[Run]) -> MethodSummary:
-    mean = {metric: _mean(run.value(metric) for run in runs) for metric in METRICS}
+def _summarize_label(name: str, runs: list[Run], paired_score: str) -> MethodSummary:
+    keys = (*METRICS, DICE_ALL)
+    mean = {metric: _mean(run.value(metric) for run in runs) for metric in keys}
     std_kind: StdKind
     if len(runs) > 1:
         std_kind = "seeds"
-        std = {metric: _std(run.value(metric) for run in runs) for metric in METRICS}
+        std = {metric: _std(run.value(metric) for run in runs) for metric in keys}
     elif runs[0].per_case is not None:
         std_kind = "cases"
-        std = {metric: _std(case.get(metric) for case in runs[0].per_case.values()) for metric in METRICS}
+        std = {metric: _std(case.get(metric) for case in runs[0].per_case.values()) for metric in keys}
     else:
         std_kind = "none"
-        std = dict.fromkeys(METRICS)
+        std = dict.fromkeys(keys)
     case_dice = None
     if all(run.per_case is not None for run in runs):
-        per_seed = [{c: s["dice"] for c, s in run.per_case.items() if "dice" in s} for run in runs]
+        per_seed = [{c: s[paired_score] for c, s in run.per_case.items() if paired_score in s} for run in runs]
         cases = sorted(set().union(*per_seed))
         case_dice = {c: _mean(seed.get(c) for seed in per_seed) for c in cases}
     summary = MethodSummary(name=name, runs=runs, mean=mean, std=std, std_kind=std_kind, case_dice=case_dice)
@@ -299,11 +314,17 @@ def summarize_runs(runs: Sequence[Run], reference: str | None = None) -> Compari
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.name, []).append(run)
-    summaries = []
-    for name, group in sorted(groups.items()):
-        group = _one_per_seed(name, group, notes)
-        _check_setup(name, group)
-        summaries.append(_summarize_label(name, group))
+    for name in sorted(groups):
+        groups[name] = _one_per_seed(name, groups[name], notes)
+        _check_setup(name, groups[name])
+    with_per_case = [run for group in groups.values() for run in group if run.per_case is not None]
+    paired_score = DICE_ALL if all(_has_dice_all(run) for run in with_per_case) else "dice"
+    if paired_score != DICE_ALL:
+        notes.append(
+            "some per_case.csv lack gt_voxels / pred_voxels (an older version): p-values pair the defined per-case "
+            "Dice, so a case left empty and correct by one method and painted by the other is not paired"
+        )
+    summaries = [_summarize_label(name, group, paired_score) for name, group in sorted(groups.items())]
     summaries.sort(key=_row_key)
     lacking = [
         f"{s.name} ({sum(run.per_case is None for run in s.runs)} of {len(s.runs)})"
@@ -329,8 +350,13 @@ def summarize_runs(runs: Sequence[Run], reference: str | None = None) -> Compari
         n_union = len(summary.case_dice.keys() | ref.case_dice.keys())
         if summary.n_paired < n_union:
             notes.append(
-                f"{summary.name}: paired on the {summary.n_paired} test cases where both it and {reference} have a "
-                f"defined Dice (of {n_union}; a case with empty ground truth and empty prediction has none)"
+                f"{summary.name}: paired on the {summary.n_paired} test cases that both it and {reference} score "
+                f"(of {n_union}"
+                + (
+                    "; a case with empty ground truth and empty prediction has no defined Dice)"
+                    if paired_score == "dice"
+                    else ")"
+                )
             )
     first = runs[0]
     return Comparison(
@@ -340,4 +366,9 @@ def summarize_runs(runs: Sequence[Run], reference: str | None = None) -> Compari
         protocol=first.protocol,
         distance_unit=first.distance_unit,
         notes=notes,
+        paired_score=paired_score,
     )
+
+
+def _has_dice_all(run: Run) -> bool:
+    return run.per_case is not None and all(DICE_ALL in case for case in run.per_case.values())

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METRICS", "ComparisonError", "Run", "find_run_dirs", "load_run", "read_per_case"]
+__all__ = ["DICE_ALL", "METRICS", "ComparisonError", "Run", "find_run_dirs", "load_run", "read_per_case"]
 
 #: Segmentation metrics of a run, in table order.
 METRICS: tuple[str, ...] = ("dice", "iou", "hd95", "asd")
+#: The per-case Dice that counts every case (``metrics.json``'s ``dice_all`` rule), what paired tests compare.
+DICE_ALL = "dice_all"
 
 _REQUIRED_KEYS = ("method", "encoder", "dataset", "seed", *METRICS, "trainable_params", "total_params", "n_test_cases")
 
@@ -94,8 +96,24 @@ def find_run_dirs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return list(found)
 
 
+def _number(text: str | None, path: str | os.PathLike[str], line: int, name: str) -> float | None:
+    """The value of a ``per_case.csv`` field; ``None`` for an empty or non-finite one."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        raise ComparisonError(f"{path}:{line}: {name} {text!r} is not a number") from None
+    return number if math.isfinite(number) else None
+
+
 def read_per_case(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
     """Read a ``per_case.csv`` into case id -> metric -> mean over classes of the defined (non-empty) values.
+
+    With the ``gt_voxels`` and ``pred_voxels`` columns (every version that writes ``dice_all``) each case also gets
+    ``"dice_all"``: the mean over its classes of the Dice with ``metrics.json``'s ``dice_all`` rule, a class absent
+    from the ground truth scoring 1 when predicted empty and 0 with a false positive, so every case has one.
 
     Raises:
         ComparisonError: The file lacks the ``case`` column or a value is not a number.
@@ -103,23 +121,30 @@ def read_per_case(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
     values: dict[str, dict[str, list[float]]] = {}
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        if "case" not in (reader.fieldnames or []):
+        fields = reader.fieldnames or []
+        if "case" not in fields:
             raise ComparisonError(
                 f"{path} has no 'case' column; expected header case,class,class_name,{','.join(METRICS)}"
             )
+        counts_voxels = {"gt_voxels", "pred_voxels"} <= set(fields)
         for line, row in enumerate(reader, start=2):
-            case = values.setdefault(row["case"], {name: [] for name in METRICS})
+            case = values.setdefault(row["case"], {name: [] for name in (*METRICS, DICE_ALL)})
             for name in METRICS:
-                text = (row.get(name) or "").strip()
-                if not text:
-                    continue
-                try:
-                    number = float(text)
-                except ValueError:
-                    raise ComparisonError(f"{path}:{line}: {name} {text!r} is not a number") from None
-                if math.isfinite(number):
+                number = _number(row.get(name), path, line, name)
+                if number is not None:
                     case[name].append(number)
+            if counts_voxels:
+                dice_all = _dice_all(row, path, line)
+                if dice_all is not None:
+                    case[DICE_ALL].append(dice_all)
     return {case: {name: sum(v) / len(v) for name, v in by_metric.items() if v} for case, by_metric in values.items()}
+
+
+def _dice_all(row: dict[str, str], path: str | os.PathLike[str], line: int) -> float | None:
+    """A row's Dice by the ``dice_all`` rule (an empty ground truth scores 1 if nothing is predicted, else 0)."""
+    if _number(row.get("gt_voxels"), path, line, "gt_voxels") == 0:
+        return 1.0 if _number(row.get("pred_voxels"), path, line, "pred_voxels") == 0 else 0.0
+    return _number(row.get("dice"), path, line, "dice")
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> Run:

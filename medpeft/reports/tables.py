@@ -1,9 +1,11 @@
 """The comparison as paper-ready files: a markdown table, a machine-readable CSV, a booktabs LaTeX table and the
 Pareto plot.
 
-Columns: method, encoder, trainable parameters (and % of all parameters), GFLOPs, Dice, IoU, HD95, ASD (with the
+Columns: method, encoder, trainable parameters (and % of all parameters), GFLOPs, Dice, Dice over all cases (where
+some test case lacks a class: false positives there count 0, empty predictions 1), IoU, HD95, ASD (with the
 distance unit), the Dice interval (95 % bootstrap CI over test cases for one seed, mean ± std over seeds otherwise),
-n (seeds) and the Wilcoxon p against the reference with the number of paired cases. Dice and IoU
+n (seeds) and the Wilcoxon p against the reference with the number of paired cases (paired on the per-case Dice over
+all cases, the rule of that column). Dice and IoU
 have 4 decimals, HD95, ASD and GFLOPs 2. The best value of each column is bold (Dice / IoU highest, HD95 / ASD,
 parameters and GFLOPs lowest), compared as displayed, so ties are all bold.
 """
@@ -19,13 +21,13 @@ from pathlib import Path
 from medpeft.io import write_text_atomic
 from medpeft.reports.comparison import Comparison, MethodSummary
 from medpeft.reports.pareto import plot_pareto
-from medpeft.reports.runs import METRICS
+from medpeft.reports.runs import DICE_ALL, METRICS
 
 __all__ = ["render_csv", "render_latex", "render_markdown", "write_comparison"]
 
-_DECIMALS = {"dice": 4, "iou": 4, "hd95": 2, "asd": 2}
-_LABELS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95", "asd": "ASD"}
-_HIGHER_IS_BETTER = {"dice": True, "iou": True, "hd95": False, "asd": False}
+_DECIMALS = {"dice": 4, DICE_ALL: 4, "iou": 4, "hd95": 2, "asd": 2}
+_LABELS = {"dice": "Dice", DICE_ALL: "Dice, all cases", "iou": "IoU", "hd95": "HD95", "asd": "ASD"}
+_HIGHER_IS_BETTER = {"dice": True, DICE_ALL: True, "iou": True, "hd95": False, "asd": False}
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}",
     "&": r"\&",
@@ -71,7 +73,10 @@ def _columns(comparison: Comparison) -> tuple[list[str], list[list[_Cell]]]:
     rows = comparison.methods
     unit = comparison.distance_unit
     header = ["method", "encoder", "trainable params (% of total)", "GFLOPs"]
-    header += [_LABELS[m] if m in ("dice", "iou") else f"{_LABELS[m]} ({unit})" for m in METRICS]
+    metrics = list(METRICS)
+    if comparison.shows_dice_all:
+        metrics.insert(1, DICE_ALL)
+    header += [_LABELS[m] if m in ("dice", DICE_ALL, "iou") else f"{_LABELS[m]} ({unit})" for m in metrics]
     header += ["Dice interval", "n", f"p vs {comparison.reference} (pairs)"]
 
     columns = [[_Cell(m.name) for m in rows], [_Cell(m.encoder) for m in rows]]
@@ -80,7 +85,7 @@ def _columns(comparison: Comparison) -> tuple[list[str], list[list[_Cell]]]:
     gflops = [_Cell("n/a" if m.gflops is None else f"{m.gflops:.2f}") for m in rows]
     _mark_best(gflops, [None if m.gflops is None else round(m.gflops, 2) for m in rows], higher_is_better=False)
     columns += [params, gflops]
-    for metric in METRICS:
+    for metric in metrics:
         decimals = _DECIMALS[metric]
         cells = []
         for m in rows:
@@ -131,9 +136,17 @@ def _footnotes(comparison: Comparison) -> list[str]:
     notes.append(
         f"Dice interval: {intervals} (mean ± std where n > 1; percentile bootstrap, 9,999 resamples, where n = 1)."
     )
+    if comparison.paired_score == DICE_ALL:
+        score = (
+            "per-case Dice over all cases (a case without the class scores 1 when predicted empty and 0 with a false "
+            "positive, the rule of Dice, all cases; where every case has the class it is the case's Dice)"
+        )
+    else:
+        score = "per-case Dice (defined cases only)"
     notes.append(
-        f"p: two-sided paired Wilcoxon signed-rank test of per-case Dice (averaged over seeds) against "
-        f"{comparison.reference}; in brackets the number of paired test cases."
+        f"p: two-sided paired Wilcoxon signed-rank test of the {score} against {comparison.reference}, each case's "
+        "score first averaged over a method's seeds, so one pair is one test case; in brackets the number of "
+        "paired test cases. The one-seed Dice interval bootstraps the same per-case score."
     )
     notes.append("n: number of seeds.")
     return notes + [f"Note: {note}." for note in comparison.notes]
@@ -198,7 +211,7 @@ def _csv_row(m: MethodSummary, comparison: Comparison) -> dict[str, float | int 
         "adapter_params": m.adapter_params,
         "gflops": m.gflops,
     }
-    for metric in METRICS:
+    for metric in (*METRICS, DICE_ALL):
         row[f"{metric}_mean"] = m.mean[metric]
         row[f"{metric}_std"] = m.std[metric]
     low, high = m.dice_interval or (None, None)
@@ -208,6 +221,7 @@ def _csv_row(m: MethodSummary, comparison: Comparison) -> dict[str, float | int 
         std_kind=m.std_kind,
         p_value=m.p_value,
         n_paired=m.n_paired,
+        paired_score=comparison.paired_score,
         reference=comparison.reference,
         dataset=comparison.dataset,
         protocol=comparison.protocol,

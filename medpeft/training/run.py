@@ -55,6 +55,7 @@ from medpeft.experiment.config import (
     save_config,
     write_text_atomic,
 )
+from medpeft.experiment.data import datamodule_from_config
 from medpeft.experiment.network import apply_finetuning, segmenter_from_config
 from medpeft.experiment.task_file import save_task
 from medpeft.metrics import efficiency_figures
@@ -187,20 +188,7 @@ def _build_datamodule(cfg: Config) -> SegmentationDataModule:
     """Build the data module and run its setup now, so a missing dataset is reported before the model is built."""
     data = cfg.data
     try:
-        datamodule = SegmentationDataModule(
-            dataset=data.dataset,
-            root=data.root,
-            image_size=data.image_size,
-            batch_size=data.batch_size,
-            num_workers=data.num_workers,
-            seed=data.split_seed,
-            val_fraction=data.val_fraction,
-            test_fraction=data.test_fraction,
-            augment=True if data.augmentation is None else data.augmentation,
-            bad_cases=data.bad_cases,
-            train_cases=data.train_cases,
-            **data.options,
-        )
+        datamodule = datamodule_from_config(cfg)
     except (TypeError, ValueError) as err:  # unregistered dataset, or a data.options key it does not take
         exit_with_error(f"invalid 'data' section: {err}")
     try:
@@ -387,7 +375,10 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.adapter.method in PEFT_METHODS:
         save_adapter(net.encoder, run_dir / "adapter.safetensors", norm_stats=cfg.adapter.adapt_norm)
     task_file_bytes = save_task(net, cfg, run_dir / "task.safetensors")
-    result = evaluate_split(net, cfg, split="test", resolution=cfg.data.test_resolution)
+    # the split training used, from split.json (broken cases skipped there stay out of the test too)
+    result = evaluate_split(
+        net, cfg, split="test", resolution=cfg.data.test_resolution, split_file=run_dir / "split.json"
+    )
     write_evaluation(result, run_dir, cfg.model.num_classes)
     metrics = collect_metrics(cfg, net, result.summary, run_dir, len(adapted), best, train_seconds, throughput)
     metrics["resumed_from_step"] = resumed_step  # last.ckpt now holds the final state

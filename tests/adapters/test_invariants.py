@@ -109,8 +109,12 @@ def test_merge_unmerge_and_delta_weight(family, method):
             if layer.is_conv:
                 probe = torch.randn(1, weight.shape[1], 9, 9)
                 reference = F.conv2d(
-                    probe, weight + layer.delta_weight(), layer.base_layer.bias,
-                    layer.base_layer.stride, layer.base_layer.padding, layer.base_layer.dilation,
+                    probe,
+                    weight + layer.delta_weight(),
+                    layer.base_layer.bias,
+                    layer.base_layer.stride,
+                    layer.base_layer.padding,
+                    layer.base_layer.dilation,
                 )
             else:
                 probe = torch.randn(3, weight.shape[1])

@@ -30,7 +30,8 @@ def test_matches_peft_lora(rank, alpha):
     ours = copy.deepcopy(base)
     inject_adapters(ours, "lora", ["conv", "lin"], rank=rank, alpha=alpha)
     reference = peft.get_peft_model(
-        copy.deepcopy(base), peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=["conv", "lin"], lora_dropout=0.0)
+        copy.deepcopy(base),
+        peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=["conv", "lin"], lora_dropout=0.0),
     ).eval()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medpeft.data import SegmentationDataModule
+from medpeft.data import SegmentationDataModule, SplitMismatchError
 from medpeft.data.transforms import CaseFileError
 
 
@@ -118,3 +118,15 @@ def test_broken_case_named_or_skipped_and_counted(tmp_path: Path, cache_rate: fl
     for name in ("train", "val", "test"):  # every case left in is readable
         for index in range(len(dm.datasets[name])):
             dm.datasets[name][index]
+
+
+def test_a_recorded_split_is_kept_exactly_and_checked(demo_root: Path) -> None:
+    full = _datamodule(demo_root)
+    full.setup("fit")
+    recorded = {name: ids[::2] for name, ids in full.split.items()}  # as if every other case had been skipped
+    dm = _datamodule(demo_root, recorded_split=recorded, train_cases=5)  # the record's budget wins: no new draw
+    dm.setup("fit")
+    assert dm.split == recorded
+    moved = {**recorded, "test": [*recorded["test"], full.split["train"][0]]}  # a case now in another split
+    with pytest.raises(SplitMismatchError, match=r"1 recorded test case\(s\) are not in the test split"):
+        _datamodule(demo_root, recorded_split=moved).setup("fit")

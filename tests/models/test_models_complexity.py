@@ -39,8 +39,10 @@ def test_counts_of_a_full_network(vit_net):
     counts = count_parameters(vit_net)
     total = sum(p.numel() for p in vit_net.parameters())
     assert counts["total_params"] == counts["trainable_params"] == total
-    assert counts["encoder_params"] == counts["encoder_trainable_params"] == sum(
-        p.numel() for p in vit_net.encoder.parameters()
+    assert (
+        counts["encoder_params"]
+        == counts["encoder_trainable_params"]
+        == sum(p.numel() for p in vit_net.encoder.parameters())
     )
     assert counts["encoder_params"] + counts["decoder_params"] == total
 

@@ -16,6 +16,7 @@ from scipy.stats import wilcoxon
 
 from medpeft.reports import compare, paired_wilcoxon, pareto_front
 from medpeft.reports.comparison import bootstrap_mean_interval
+from medpeft.reports.tables import render_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = ["c1", "c2", "c3", "c4", "c5", "c6"]
@@ -266,3 +267,38 @@ def test_pareto_x_is_what_the_encoder_trains_or_adds(tmp_path: Path) -> None:
         "lora": 96,
     }
     assert rows["lora"].decoder_params == 100
+
+
+def test_wilcoxon_pairs_the_all_cases_dice_false_positives_on_empty_images_included(tmp_path: Path) -> None:
+    # 10 lesion images and 10 normal scans. "painter" segments lesions better but marks a lesion on every normal scan;
+    # "careful" leaves them empty. Means over all images: painter 0.40, careful 0.70.
+    lesion = [f"lesion{i}" for i in range(10)]
+    normal = [f"normal{i}" for i in range(10)]
+    painter = {case: 0.755 + 0.01 * i for i, case in enumerate(lesion)}
+    careful = {case: 0.355 + 0.01 * i for i, case in enumerate(lesion)}
+    for name, lesion_dice, normal_pred in (("painter", painter, 50), ("careful", careful, 0)):
+        all_cases = [*lesion_dice.values(), *([0.0 if normal_pred else 1.0] * 10)]
+        scores = {**metrics(sum(lesion_dice.values()) / 10, 0.5, 5.0, 2.0), "dice_all": sum(all_cases) / 20}
+        run_dir = make_run(tmp_path, name, "lora", 0, scores, None, trainable=5, total=10)
+        metrics_file = run_dir / "metrics.json"
+        record = json.loads(metrics_file.read_text())
+        record["n_test_cases"] = 20
+        record["empty_target"] = {"n": 10, "false_positives": 10 if normal_pred else 0}
+        metrics_file.write_text(json.dumps(record))
+        lines = ["case,class,class_name,dice,iou,hd95,asd,gt_voxels,pred_voxels"]
+        lines += [f"{case},1,lesion,{dice},,,,100,90" for case, dice in lesion_dice.items()]
+        lines += [f"{case},1,lesion,{0.0 if normal_pred else ''},,,,0,{normal_pred}" for case in normal]
+        (run_dir / "per_case.csv").write_text("\n".join(lines) + "\n")
+
+    comparison = compare([tmp_path], reference="careful")
+    rows = {m.name: m for m in comparison.methods}
+    assert rows["painter"].mean["dice_all"] == pytest.approx(0.40)
+    assert rows["careful"].mean["dice_all"] == pytest.approx(0.70)
+    assert rows["painter"].n_paired == 20  # the normal scans are paired too
+    expected = wilcoxon([*painter.values(), *[0.0] * 10], [*careful.values(), *[1.0] * 10]).pvalue
+    assert rows["painter"].p_value == pytest.approx(expected)
+    lesions_only = wilcoxon(list(painter.values()), list(careful.values())).pvalue  # what dropping them gives
+    assert lesions_only < 0.01 < rows["painter"].p_value
+    markdown = render_markdown(comparison)
+    assert "| Dice, all cases |" in markdown and "0.4000" in markdown and "0.7000" in markdown
+    assert "per-case Dice over all cases" in markdown

@@ -17,7 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_adapters_agree_across_ranks_after_ddp_steps(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(WORKER), str(tmp_path)], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path)], env=env, capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for method in ("lora", "trm", "tcurlora"):
         rank0 = load_file(tmp_path / f"{method}-rank0.safetensors")

@@ -14,7 +14,9 @@ import torch
 
 from medpeft.data import generate_demo_isic
 from medpeft.evaluation.checkpoint import load_trained_network
+from medpeft.evaluation.command import main as evaluate_main
 from medpeft.experiment.config import load_config
+from medpeft.experiment.data import datamodule_from_config
 from medpeft.experiment.task_file import load_task
 from medpeft.training.module import warmup_cosine
 from medpeft.training.run import make_run_dir, trainer_options
@@ -171,18 +173,33 @@ def test_tasks_of_one_slurm_job_share_a_run_dir(tmp_path: Path, monkeypatch: pyt
     assert make_run_dir(tmp_path, "exp").name != "slurm-4242"
 
 
-def test_skipped_cases_are_listed_and_counted(train_script, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_skipped_cases_are_listed_counted_and_left_out_of_the_test(
+    train_script, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = generate_demo_isic(tmp_path / "demo")
-    broken = root / "ISIC2018_Task1-2_Training_Input" / "ISIC_0000003.jpg"
-    broken.write_bytes(broken.read_bytes()[:300])
-    monkeypatch.chdir(tmp_path)
+    config = REPO / "configs" / "demo_decoder_only.yaml"
     overrides = [*TINY, f"data.root={root}", "output_dir=runs", "data.bad_cases=skip"]
-    run_dir = train_script.main(["--config", str(REPO / "configs" / "demo_decoder_only.yaml"), "--set", *overrides])
-    assert json.loads((run_dir / "metrics.json").read_text())["skipped_cases"] == 1
-    [skipped] = json.loads((run_dir / "skipped_cases.json").read_text())
-    assert skipped["case"] == "ISIC_0000003" and skipped["file"] == str(broken)
+    data = datamodule_from_config(load_config(config, overrides))
+    data.setup()
+    broken_cases = {"train": data.split["train"][3], "test": data.split["test"][0]}  # one each side of training
+    inputs = root / "ISIC2018_Task1-2_Training_Input"
+    for case in broken_cases.values():
+        (inputs / f"{case}.jpg").write_bytes((inputs / f"{case}.jpg").read_bytes()[:300])
+    monkeypatch.chdir(tmp_path)
+    run_dir = train_script.main(["--config", str(config), "--set", *overrides])
+    metrics = json.loads((run_dir / "metrics.json").read_text())  # the run reached its end
+    assert metrics["skipped_cases"] == 2 and metrics["n_test_cases"] == len(data.split["test"]) - 1
+    skipped = json.loads((run_dir / "skipped_cases.json").read_text())
+    assert {(entry["split"], entry["case"]) for entry in skipped} == set(broken_cases.items())
+    assert {entry["file"] for entry in skipped} == {str(inputs / f"{case}.jpg") for case in broken_cases.values()}
     split = json.loads((run_dir / "split.json").read_text())
-    assert all("ISIC_0000003" not in ids for ids in split.values())
+    assert all(case not in ids for ids in split.values() for case in broken_cases.values())
+    with open(run_dir / "per_case.csv", newline="") as handle:
+        tested = {row["case"] for row in csv.DictReader(handle)}
+    assert tested == set(split["test"])
+    # scripts/evaluate.py scores the same cases from the run's split.json, without reading the broken file
+    summary = evaluate_main(["--run", str(run_dir), "--no-overlays", "--out", str(tmp_path / "again")])
+    assert summary["n_cases"] == metrics["n_test_cases"]
 
 
 def test_label_budget_reaches_the_run(
