@@ -33,11 +33,12 @@ from tqdm import tqdm
 from medpeft.data import VOLUME_DATASETS, SegmentationDataset, dataset_info
 from medpeft.data.volumes import VolumeDataset
 from medpeft.evaluation.inference import predict_images, predict_volume
+from medpeft.evaluation.postprocess import choose_min_component_size, remove_small_components
 from medpeft.experiment.config import Config
 from medpeft.experiment.data import datamodule_from_config
 from medpeft.metrics import Protocol, case_scores, distance_unit, summarize_scores
 
-__all__ = ["RESOLUTIONS", "CaseView", "EvaluationResult", "Resolution", "evaluate_split"]
+__all__ = ["RESOLUTIONS", "CaseView", "EvaluationResult", "Resolution", "choose_postprocess", "evaluate_split"]
 
 Resolution = Literal["train", "native"]
 RESOLUTIONS: tuple[str, ...] = ("train", "native")
@@ -116,6 +117,49 @@ def _view(image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, is_volum
     return CaseView(shown.float().clone(), label.clone(), pred.clone())
 
 
+def _predicted_cases(
+    net: nn.Module,
+    cfg: Config,
+    split: str,
+    data_root: str | None,
+    batch_size: int | None,
+    resolution: Resolution,
+    split_file: str | os.PathLike[str] | None,
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, ...] | None, str]]:
+    """``(name, image, label, pred, spacing, spacing unit)`` of every case of a split, the prediction raw (argmax)."""
+    size = batch_size or cfg.data.batch_size
+    data = datamodule_from_config(cfg, data_root, evaluation=True, split_file=split_file)
+    data.setup()
+    if cfg.data.dataset in VOLUME_DATASETS:
+        return _volume_cases(net, cfg, data.volumes(split), size)
+    return _image_cases(net, data.datasets[split], size, resolution)
+
+
+def choose_postprocess(
+    net: nn.Module,
+    cfg: Config,
+    data_root: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    split_file: str | os.PathLike[str] | None = None,
+) -> tuple[int, dict[int, float]]:
+    """``postprocess.min_component_size: auto``: the size that maximises Dice over all validation cases, chosen by
+    :func:`~medpeft.evaluation.postprocess.choose_min_component_size` on the validation split scored as the test
+    is (``data.test_resolution``); returns it and the validation Dice of every candidate size."""
+    num_classes = dataset_info(cfg.data.dataset).num_classes
+    cases = _predicted_cases(net, cfg, "val", data_root, batch_size, cfg.data.test_resolution, split_file)
+    was_training = net.training
+    net.eval()
+    try:
+        pairs = (
+            (pred, label)
+            for _, _, label, pred, _, _ in tqdm(cases, desc="choose postprocess on val", disable=not progress)
+        )
+        return choose_min_component_size(pairs, num_classes, cfg.data.image_size)
+    finally:
+        net.train(was_training)
+
+
 def evaluate_split(
     net: nn.Module,
     cfg: Config,
@@ -126,8 +170,9 @@ def evaluate_split(
     progress: bool = True,
     resolution: Resolution = "train",
     split_file: str | os.PathLike[str] | None = None,
+    min_component_size: int | None = None,
 ) -> EvaluationResult:
-    """Predict and score every case of one split.
+    """Predict, post-process and score every case of one split.
 
     The split comes from :func:`~medpeft.experiment.data.datamodule_from_config`, the builder training uses (broken
     cases skipped as ``data.bad_cases`` says, the label budget on ``train``), without augmentation.
@@ -144,20 +189,20 @@ def evaluate_split(
             module docstring). Volumes are always scored on their native voxel grid.
         split_file: The run's ``split.json``: score exactly the cases it lists for ``split`` (a
             :class:`~medpeft.data.SplitMismatchError` if the data no longer holds them there).
+        min_component_size: Foreground components smaller than this (network pixels) are removed before scoring
+            (:func:`~medpeft.evaluation.postprocess.remove_small_components`); ``None`` uses
+            ``postprocess.min_component_size``, chosen on validation first if that is ``"auto"``.
 
     Returns:
-        Rows in case order, the summary, and one view per case.
+        Rows in case order, the summary (with the ``min_component_size`` applied), and one view per case.
     """
     info = dataset_info(cfg.data.dataset)
     is_volume = cfg.data.dataset in VOLUME_DATASETS
-    size = batch_size or cfg.data.batch_size
-    data = datamodule_from_config(cfg, data_root, evaluation=True, split_file=split_file)
-    data.setup()
-    cases = (
-        _volume_cases(net, cfg, data.volumes(split), size)
-        if is_volume
-        else _image_cases(net, data.datasets[split], size, resolution)
-    )
+    if min_component_size is None:
+        min_component_size = cfg.postprocess.min_component_size
+        if min_component_size == "auto":
+            min_component_size = choose_postprocess(net, cfg, data_root, batch_size, progress, split_file)[0]
+    cases = _predicted_cases(net, cfg, split, data_root, batch_size, resolution, split_file)
     unit = "px"
     rows: list[dict[str, Any]] = []
     views: dict[str, CaseView] = {}
@@ -169,6 +214,7 @@ def evaluate_split(
             for name, image, label, pred, spacing, spacing_unit in tqdm(
                 cases, desc=f"evaluate {split}", unit="case", disable=not progress, leave=False
             ):
+                pred = remove_small_components(pred, info.num_classes, min_component_size, cfg.data.image_size)
                 unit = distance_unit(protocol, spacing, spacing_unit)
                 for row in case_scores(pred, label, info.num_classes, spacing, protocol):
                     c = int(row["class"])
@@ -183,5 +229,6 @@ def evaluate_split(
         dataset=cfg.data.dataset,
         image_size=cfg.data.image_size,
         resolution="native" if is_volume else resolution,
+        min_component_size=min_component_size,
     )
     return EvaluationResult(rows, summary, views)

@@ -314,6 +314,10 @@ class LossConfig(_Section):
         include_background: Include the background class in the Dice term. Defaults to ``True``.
         lambda_dice: Weight of the Dice term. Defaults to ``1.0``.
         lambda_ce: Weight of the cross-entropy term. Defaults to ``1.0``.
+        lambda_dice_batch: Weight of a second Dice term computed over the whole batch (MONAI ``DiceLoss(batch=True)``,
+            same background and smoothing settings), added to the one ``dice_batch`` describes. A per-image Dice term
+            saturates on an image without the class once anything is predicted there (no gradient against a
+            false-positive blob); a batch term counts those pixels in its denominator. Defaults to ``0.0`` (off).
         smooth: Constant added to the numerator and denominator of every Dice ratio (MONAI's ``smooth_nr`` and
             ``smooth_dr``). MONAI's ``1e-5`` leaves a per-image Dice term flat at 1 on an image without the class
             whatever is predicted there, and makes the Dice of a small structure swing between 0 and 1; ``1`` (the
@@ -326,18 +330,21 @@ class LossConfig(_Section):
     include_background: bool = True
     lambda_dice: float = 1.0
     lambda_ce: float = 1.0
+    lambda_dice_batch: float = 0.0
     smooth: float = 1.0
 
     @model_validator(mode="after")
     def _check_ranges(self) -> LossConfig:
         _require(self.lambda_dice >= 0.0, "lambda_dice", f"must be >= 0, got {self.lambda_dice}")
         _require(self.lambda_ce >= 0.0, "lambda_ce", f"must be >= 0, got {self.lambda_ce}")
+        _require(self.lambda_dice_batch >= 0.0, "lambda_dice_batch", f"must be >= 0, got {self.lambda_dice_batch}")
         _require(self.lambda_dice + self.lambda_ce > 0.0, "lambda_ce", "and lambda_dice cannot both be 0")
         _require(self.smooth > 0.0, "smooth", f"must be > 0, got {self.smooth}")
         return self
 
     def dice_ce_options(self) -> dict[str, Any]:
-        """Keyword arguments of MONAI's ``DiceCELoss`` beyond ``to_onehot_y`` and ``softmax``."""
+        """Keyword arguments of MONAI's ``DiceCELoss`` beyond ``to_onehot_y`` and ``softmax``, plus
+        ``lambda_dice_batch`` (the :class:`~medpeft.training.module.SegmentationModule` adds that term)."""
         return {
             "batch": self.dice_batch,
             "include_background": self.include_background,
@@ -345,6 +352,7 @@ class LossConfig(_Section):
             "lambda_ce": self.lambda_ce,
             "smooth_nr": self.smooth,
             "smooth_dr": self.smooth,
+            "lambda_dice_batch": self.lambda_dice_batch,
         }
 
 
@@ -391,8 +399,31 @@ class OptimConfig(_Section):
         return self
 
 
+class PostprocessConfig(_Section):
+    """The ``postprocess`` section: what is done to a predicted mask before it is scored or written.
+
+    Args:
+        min_component_size: Connected components of a foreground class smaller than this many pixels of the
+            network's ``S x S`` grid are set to background (at another grid, e.g. native-size scoring or a volume, the
+            threshold scales with the in-plane area). ``"auto"`` (default) chooses it at the end of training on the
+            validation split, from :data:`~medpeft.evaluation.postprocess.MIN_COMPONENT_SIZES`, by Dice over all
+            validation cases (a case without the class scores 1 when predicted empty and 0 otherwise; ties go to the
+            smaller size, so ``0`` when nothing gains); the run's ``config.yaml``, task file and ``metrics.json``
+            then hold the chosen number. ``0`` keeps every component. Chosen by measurement on real BUSI
+            (docs/results.md): small false-positive blobs on normal scans are what the choice removes.
+    """
+
+    min_component_size: int | Literal["auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> PostprocessConfig:
+        size = self.min_component_size
+        _require(size == "auto" or size >= 0, "min_component_size", f"must be 'auto' or an int >= 0, got {size!r}")
+        return self
+
+
 class Config(_Section):
-    """A whole experiment: the five sections plus the global seed and output directory.
+    """A whole experiment: its sections plus the global seed and output directory.
 
     Args:
         data: See :class:`DataConfig`.
@@ -400,6 +431,7 @@ class Config(_Section):
         adapter: See :class:`AdapterConfig`.
         optim: See :class:`OptimConfig`.
         loss: See :class:`LossConfig`.
+        postprocess: See :class:`PostprocessConfig`.
         trainer: Keyword arguments for :class:`pytorch_lightning.Trainer` (``max_epochs``, ``max_steps``,
             ``accelerator``, ``devices``, ``precision``, ...). Keys the Trainer does not accept and keys the
             training script sets itself (:data:`RESERVED_TRAINER_KEYS`) are rejected.
@@ -418,6 +450,7 @@ class Config(_Section):
     adapter: AdapterConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     trainer: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     output_dir: str = "runs"

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from medpeft.cli import exit_with_error
 from medpeft.data import CaseFileError
 from medpeft.evaluation.checkpoint import find_run_checkpoint, load_trained_network
+from medpeft.evaluation.postprocess import configured_min_component_size, remove_small_components
 from medpeft.experiment import Config, ConfigError, load_config
 from medpeft.experiment.task_file import TaskFileError, load_task, swap_task
 from medpeft.prediction.images import IMAGE_SUFFIXES, load_network_input, predict_image, write_mask, write_overlay
@@ -100,6 +101,9 @@ def _segment(net: nn.Module, cfg: Config, inputs: list[Path], out: Path, label: 
             failures.append(str(err))
             continue
         mask = predict_image(net, image, size)
+        mask = remove_small_components(
+            torch.from_numpy(mask), cfg.model.num_classes, configured_min_component_size(cfg), cfg.data.image_size
+        ).numpy()
         write_mask(mask, cfg.model.num_classes, out / f"{path.stem}.png")
         if overlays:
             write_overlay(path, mask, cfg.model.num_classes, out / "overlays" / f"{path.stem}.png")

@@ -19,6 +19,7 @@ from torch import nn
 
 from medpeft.data.volumes import percentile_normalise, read_nifti, window_normalise
 from medpeft.evaluation.inference import predict_volume
+from medpeft.evaluation.postprocess import configured_min_component_size, remove_small_components
 from medpeft.experiment import Config
 from medpeft.io import atomic_output
 
@@ -56,6 +57,8 @@ def predict_nifti(
     labels = predict_volume(
         net, torch.from_numpy(normalise(volume)), cfg.data.image_size, cfg.model.in_channels, batch_size
     )
+    size = configured_min_component_size(cfg)
+    labels = remove_small_components(labels, cfg.model.num_classes, size, cfg.data.image_size)
     source = nib.load(path)
     mask = labels.numpy().astype(np.uint8).transpose(2, 1, 0).reshape(source.shape)  # [D, H, W] -> the file's axes
     header = source.header.copy()

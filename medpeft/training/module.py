@@ -24,7 +24,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 from monai.metrics import DiceMetric
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
@@ -60,6 +60,26 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class _PlusBatchDice(nn.Module):
+    """``DiceCELoss`` plus ``weight`` times a Dice loss over the whole batch (``loss.lambda_dice_batch``)."""
+
+    def __init__(self, dice_ce: DiceCELoss, weight: float, options: dict[str, Any]) -> None:
+        super().__init__()
+        self.dice_ce = dice_ce
+        self.weight = weight
+        self.batch_dice = DiceLoss(
+            to_onehot_y=True,
+            softmax=True,
+            batch=True,
+            include_background=options.get("include_background", True),
+            smooth_nr=options.get("smooth_nr", 1e-5),
+            smooth_dr=options.get("smooth_dr", 1e-5),
+        )
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.dice_ce(logits, labels) + self.weight * self.batch_dice(logits, labels)
+
+
 class SegmentationModule(pl.LightningModule):
     """Train and validate a segmentation network with Dice+CE loss; validation Dice (MONAI) selects checkpoints.
 
@@ -88,8 +108,9 @@ class SegmentationModule(pl.LightningModule):
         freeze_encoder_norm: Keep the encoder's BatchNorm layers in eval mode during training (running statistics
             unchanged).
         loss_options: Keyword arguments of ``DiceCELoss`` beyond ``to_onehot_y`` and ``softmax`` (``batch``,
-            ``include_background``, ``lambda_dice``, ``lambda_ce``, ``smooth_nr``, ``smooth_dr``); ``None``: the
-            config's defaults (:class:`~medpeft.experiment.config.LossConfig`).
+            ``include_background``, ``lambda_dice``, ``lambda_ce``, ``smooth_nr``, ``smooth_dr``), plus
+            ``lambda_dice_batch``, the weight of an added batch Dice term; ``None``: the config's defaults
+            (:class:`~medpeft.experiment.config.LossConfig`).
         nonfinite_loss: What a NaN or infinite training loss does. Either way the BatchNorm running statistics
             that batch's forward moved are put back first, so nothing of it stays in the network. ``"stop"`` raises
             :class:`NonFiniteLossError` before any weight is touched (``last.ckpt`` then holds the state just
@@ -116,8 +137,10 @@ class SegmentationModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        options = LossConfig().dice_ce_options() if loss_options is None else loss_options
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, **options)
+        options = LossConfig().dice_ce_options() if loss_options is None else dict(loss_options)
+        batch_weight = options.pop("lambda_dice_batch", 0.0)
+        dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, **options)
+        self.loss = dice_ce if not batch_weight else _PlusBatchDice(dice_ce, batch_weight, options)
         self.val_dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
         self.skipped_batches = 0
         # Lightning 2.x does not call train() when fit starts: it keeps (and after validation restores) each

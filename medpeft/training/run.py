@@ -45,7 +45,7 @@ from medpeft.adapters import save_adapter
 from medpeft.cli import exit_with_error
 from medpeft.data import DatasetNotFoundError, SegmentationDataModule
 from medpeft.evaluation.checkpoint import load_network_state
-from medpeft.evaluation.evaluator import evaluate_split
+from medpeft.evaluation.evaluator import choose_postprocess, evaluate_split
 from medpeft.evaluation.report import json_safe, write_evaluation
 from medpeft.experiment.config import (
     PEFT_METHODS,
@@ -372,15 +372,21 @@ def main(argv: list[str] | None = None) -> Path:
     if best:
         load_network_state(net, best)
     net.to(trainer.strategy.root_device)
+    split_file = run_dir / "split.json"  # the split training used (broken cases skipped there stay out here too)
+    val_dice_by_size = None
+    if cfg.postprocess.min_component_size == "auto":  # chosen on validation, then part of the resolved config
+        size, val_dice_by_size = choose_postprocess(net, cfg, split_file=split_file)
+        cfg.postprocess.min_component_size = size
+        save_config(cfg, run_dir / "config.yaml")
+        print(f"postprocess.min_component_size: {size} (validation Dice over all cases {val_dice_by_size[size]:.4f})")
     if cfg.adapter.method in PEFT_METHODS:
         save_adapter(net.encoder, run_dir / "adapter.safetensors", norm_stats=cfg.adapter.adapt_norm)
     task_file_bytes = save_task(net, cfg, run_dir / "task.safetensors")
-    # the split training used, from split.json (broken cases skipped there stay out of the test too)
-    result = evaluate_split(
-        net, cfg, split="test", resolution=cfg.data.test_resolution, split_file=run_dir / "split.json"
-    )
+    result = evaluate_split(net, cfg, split="test", resolution=cfg.data.test_resolution, split_file=split_file)
     write_evaluation(result, run_dir, cfg.model.num_classes)
     metrics = collect_metrics(cfg, net, result.summary, run_dir, len(adapted), best, train_seconds, throughput)
+    metrics["min_component_size"] = cfg.postprocess.min_component_size
+    metrics["val_dice_all_by_min_component_size"] = val_dice_by_size
     metrics["resumed_from_step"] = resumed_step  # last.ckpt now holds the final state
     metrics["task_file_bytes"] = task_file_bytes
     metrics["skipped_cases"] = len(datamodule.skipped_cases)  # data.bad_cases: skip; listed in skipped_cases.json

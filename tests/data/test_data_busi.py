@@ -283,3 +283,35 @@ def test_real_256_copy_groups_and_split() -> None:
         for group in listed:  # no listed group straddles train / val / test, contained in one of ours or not
             assert len({where[case_id] for case_id in group}) == 1, (seed, group)
     assert contained == len(listed), f"only {contained} of {len(listed)} listed groups lie inside one of ours"
+
+
+class _Speck(torch.nn.Module):
+    """Predicts class 1 on a 3 x 3 speck in the top-left corner of any input, background elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        foreground = torch.full(x.shape[-2:], -1.0)
+        foreground[:3, :3] = 1.0
+        return torch.stack([-foreground, foreground])[None].expand(len(x), 2, *x.shape[-2:]) + self.anchor
+
+
+def test_auto_min_component_size_is_chosen_on_val_and_removes_specks_on_normal_scans(tmp_path: Path) -> None:
+    from medpeft.evaluation.evaluator import evaluate_split
+    from medpeft.experiment.config import load_config
+
+    write_busi(tmp_path / "busi")
+    repo = Path(__file__).resolve().parents[2]
+    overrides = [f"data.root={tmp_path / 'busi'}", f"data.image_size={BUSI_SIZE}", "model.pretrained=false"]
+    cfg = load_config(repo / "configs" / "busi_full.yaml", overrides)
+    assert cfg.postprocess.min_component_size == "auto"
+    raw = evaluate_split(_Speck(), cfg, split="test", min_component_size=0, progress=False)
+    normal = raw.summary["empty_target"]["n"]
+    assert normal >= 1 and raw.summary["empty_target"]["false_positives"] == normal  # a speck on every normal scan
+    cleaned = evaluate_split(_Speck(), cfg, split="test", progress=False)
+    # on validation, removing the 9 px speck turns every normal scan from 0 to 1: the smallest size above 9 wins
+    assert cleaned.summary["min_component_size"] == 10
+    assert cleaned.summary["empty_target"]["false_positives"] == 0
+    assert cleaned.summary["dice_all"] > raw.summary["dice_all"]

@@ -33,3 +33,19 @@ def test_loss_options_reach_dice_ce_with_smoothing(smooth: float) -> None:
     label = torch.zeros(1, 1, 4, 4, dtype=torch.long)
     expected = _empty_mask_loss_by_hand(torch.sigmoid(torch.tensor(logit)).item(), pixels=16, smooth=smooth)
     assert module.loss(logits, label).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_batch_dice_term_adds_the_batch_form_of_the_dice_loss() -> None:
+    from monai.losses import DiceCELoss, DiceLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, 8, 8)
+    labels = (torch.rand(3, 1, 8, 8) > 0.7).long()
+    labels[1] = 0  # an image without the class: where the batch form differs most
+    options = LossConfig(lambda_dice=0.5, lambda_dice_batch=0.5).dice_ce_options()
+    module = SegmentationModule(torch.nn.Identity(), num_classes=2, loss_options=options)
+    per_image = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.5, smooth_nr=1.0, smooth_dr=1.0)
+    batch = DiceLoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
+    expected = per_image(logits, labels) + 0.5 * batch(logits, labels)
+    torch.testing.assert_close(module.loss(logits, labels), expected)
+    assert not torch.allclose(batch(logits, labels), DiceLoss(to_onehot_y=True, softmax=True)(logits, labels))
