@@ -153,7 +153,9 @@ def choose_postprocess(
     try:
         pairs = (
             (pred, label)
-            for _, _, label, pred, _, _ in tqdm(cases, desc="choose postprocess on val", disable=not progress)
+            for _, _, label, pred, _, _ in tqdm(
+                cases, desc="choose postprocess on val", unit="case", disable=not progress, leave=False
+            )
         )
         return choose_min_component_size(pairs, num_classes, cfg.data.image_size)
     finally:

@@ -371,8 +371,9 @@ class OptimConfig(_Section):
             ``full``), while ``lr`` drives the decoder and head. ``None`` resolves to ``lr`` times the method's
             factor in :data:`ENCODER_LR_SCALES`.
         nonfinite_loss: ``"stop"`` (default): a NaN / infinite training loss ends the run with an error before
-            it touches a weight, the checkpoints written so far being the last good ones; ``"skip"``: drop that
-            batch, count it (``train/skipped_batches``) and go on (one process only: not under DDP).
+            it touches a weight, the BatchNorm statistics that batch moved put back, so ``last.ckpt`` (written
+            then) is the state just before it; ``"skip"``: drop that batch, count it (``train/skipped_batches``)
+            and go on (one process only: not under DDP).
     """
 
     lr: float = 1e-3
