@@ -97,8 +97,14 @@ class RunCheckpoint(ModelCheckpoint):
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and self._last_saved_step != step:
+        periodic = self.every_n_steps and step > 0 and step % self.every_n_steps == 0
+        if periodic and not trainer.fast_dev_run and self._last_saved_step != step:
             self._save_last_only(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)  # the best file and last.ckpt when val/dice improved
+        if not self._should_skip_saving_checkpoint(trainer) and self._last_saved_step != trainer.global_step:
+            self._save_last_only(trainer)  # Lightning writes last.ckpt only with a best file; here after every one
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # the final state when max_steps stopped training after the last validation

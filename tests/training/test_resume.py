@@ -140,14 +140,16 @@ def test_resume_after_a_kill_behind_an_improving_validation_tests_the_best_check
 
 
 def test_run_checkpoint_is_found_from_last_ckpt_among_stray_best_files(demo_root: Path, tmp_path: Path) -> None:
-    # an unfinished run (no metrics.json) with a stray, newer best-*.ckpt beside the real one: last.ckpt's record wins
-    overrides = [*TINY, "trainer.limit_train_batches=3", "trainer.max_steps=-1", "trainer.max_epochs=3",
+    # killed after epoch 2's validation, which did not improve on epoch 1: last.ckpt is written after it all the same;
+    # then a stray, newer best-*.ckpt beside the real one in this unfinished run: last.ckpt's record wins
+    overrides = [*TINY, "trainer.limit_train_batches=3", "trainer.max_steps=-1", "trainer.max_epochs=4",
                  "checkpoint_every_n_steps=0", f"data.root={demo_root}"]  # fmt: skip
     worker = [str(REPO / "tests" / "training" / "workers" / "scripted_val_dice.py")]
     config = ["--config", str(REPO / "configs" / "demo_tcur.yaml"), "--set", *overrides, f"output_dir={tmp_path}"]
-    killed = _train(config, worker, {"MEDPEFT_TEST_KILL_EPOCH": "2"})
+    killed = _train(config, worker, {"MEDPEFT_TEST_KILL_EPOCH": "3"})
     assert killed.wait(timeout=300) == -signal.SIGKILL
     run_dir = _run_dir(tmp_path)
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 9
     (run_dir / "checkpoints" / "best-epoch009-step000099.ckpt").write_bytes(b"stray")
     assert find_run_checkpoint(run_dir).name == "best-epoch001-step000006.ckpt"
     (run_dir / "checkpoints" / "last.ckpt").unlink()
