@@ -30,22 +30,31 @@ __all__ = [
 MIN_COMPONENT_SIZES: tuple[int, ...] = (0, 10, 20, 40, 80, 160, 320, 640)
 
 
+def _component_sizes(pred: torch.Tensor, num_classes: int, network_size: int) -> torch.Tensor:
+    """For every pixel of ``pred``, the size in network pixels of the foreground component it belongs to
+    (``inf`` on background, so no size removes it)."""
+    pixel = network_size**2 / (pred.shape[-2] * pred.shape[-1])  # network pixels per pixel of this grid
+    labels = pred.cpu().numpy()
+    sizes = np.full(labels.shape, np.inf)
+    for c in range(1, num_classes):
+        components, n = ndimage.label(labels == c)
+        if n:
+            counts = np.bincount(components.ravel()) * pixel
+            inside = components > 0
+            sizes[inside] = counts[components[inside]]
+    return torch.from_numpy(sizes).to(pred.device)
+
+
+def _without_small(pred: torch.Tensor, sizes: torch.Tensor, min_size: int) -> torch.Tensor:
+    return pred if min_size <= 0 else torch.where(sizes < min_size, torch.zeros_like(pred), pred)
+
+
 def remove_small_components(pred: torch.Tensor, num_classes: int, min_size: int, network_size: int) -> torch.Tensor:
     """``pred`` (class ids ``[H, W]`` or ``[D, H, W]``) with every foreground component smaller than ``min_size``
     network pixels set to background (0); ``pred`` itself when ``min_size`` is 0."""
     if min_size <= 0:
         return pred
-    pixel = network_size**2 / (pred.shape[-2] * pred.shape[-1])  # network pixels per pixel of this grid
-    labels = pred.cpu().numpy()
-    out = labels.copy()
-    for c in range(1, num_classes):
-        components, n = ndimage.label(labels == c)
-        if n == 0:
-            continue
-        small = np.bincount(components.ravel()) * pixel < min_size
-        small[0] = False
-        out[small[components]] = 0
-    return torch.from_numpy(out).to(pred.device)
+    return _without_small(pred, _component_sizes(pred, num_classes, network_size), min_size)
 
 
 def configured_min_component_size(cfg: Config) -> int:
@@ -78,8 +87,9 @@ def choose_min_component_size(
     n = 0
     for pred, label in cases:
         n += 1
+        component_sizes = _component_sizes(pred, num_classes, network_size)  # labelled once for every candidate
         for size in sizes:
-            kept = remove_small_components(pred, num_classes, size, network_size)
+            kept = _without_small(pred, component_sizes, size)
             totals[size] += dice_all_per_case(kept, label, num_classes)
     means = {size: total / max(1, n) for size, total in totals.items()}
     best = max(sorted(sizes), key=lambda size: (means[size], -size))

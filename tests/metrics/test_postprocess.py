@@ -33,6 +33,7 @@ def test_components_below_the_size_go_per_class_and_face_connected() -> None:
     assert torch.equal(kept, expected)  # the 20 px blob and the 9 px class-2 blob stay
     assert torch.equal(remove_small_components(mask, 3, 10, 16), torch.where(mask == 2, 0, expected))
     assert remove_small_components(mask, 3, 0, 16) is mask
+    assert torch.equal(remove_small_components(mask, 3, 9, 16) == 2, mask == 2)  # exactly the size: kept
 
 
 def test_the_size_counts_network_pixels_at_any_grid() -> None:
