@@ -6,9 +6,14 @@ either against the whole name or as a dotted suffix, so ``"blocks.*.attn.qkv"`` 
 is a regular expression (full match). Named presets expand to patterns (see :data:`PRESETS`).
 
 ``blocks`` restricts targets to residual blocks by index: blocks are the containers named ``blocks.<k>``
-(ViT, Swin) or ``layer<s>.<k>`` (ResNet) numbered 0, 1, ... in forward (``named_modules``) order across
-the whole encoder, so on swin_tiny they run 0..11 over the four stages and on resnet18 0..7; negative
-indices count from the end. Modules outside any block are then excluded.
+(ViT, Swin, ConvNeXt), ``blocks.<s>.<k>`` (EfficientNet, whose ``blocks.<s>`` are stages) or ``layer<s>.<k>``
+(ResNet) numbered 0, 1, ... in forward (``named_modules``) order across the whole encoder, so on swin_tiny they
+run 0..11 over the four stages, on resnet18 0..7 and on efficientnet_b0 0..15; negative indices count from the
+end. Modules outside any block are then excluded.
+
+Adapters need ``groups = 1``: a grouped or depthwise convolution (ConvNeXt's and EfficientNet's ``conv_dw``,
+ResNeXt's ``conv2``) that a pattern matches is refused with its name, before anything changes; ``all-conv`` skips
+them, and the ``conv`` preset selects only ``groups = 1`` layers on ResNet and EfficientNet.
 """
 
 from __future__ import annotations
@@ -50,15 +55,18 @@ ADAPTER_RECORD_ATTRIBUTE = "medpeft_adapter_record"
 # ``blocks.0.attn.rel_pos.mlp.fc1``) and the attention-pooling head (``attn_pool.mlp.fc1``).
 _BLOCK_LAYER = r"re:(.*\.)?blocks\.\d+\."
 PRESETS: dict[str, tuple[str, ...]] = {
-    "attn": (_BLOCK_LAYER + r"attn\.qkv", _BLOCK_LAYER + r"attn\.proj"),  # fused qkv and output projection
-    "qkv": (_BLOCK_LAYER + r"attn\.qkv",),
-    "mlp": (_BLOCK_LAYER + r"mlp\.fc1", _BLOCK_LAYER + r"mlp\.fc2"),  # ViT and Swin block MLPs
-    "conv": ("*layer[1-4].*.conv[1-3]",),  # ResNet: the convolutions inside residual blocks
+    # fused qkv (or EVA-02's separate q / k / v projections) and the output projection
+    "attn": (_BLOCK_LAYER + r"attn\.qkv", _BLOCK_LAYER + r"attn\.[qkv]_proj", _BLOCK_LAYER + r"attn\.proj"),
+    "qkv": (_BLOCK_LAYER + r"attn\.qkv", _BLOCK_LAYER + r"attn\.[qkv]_proj"),
+    # block MLPs of ViT, Swin, EVA (SwiGLU: fc1_g, fc1_x) and ConvNeXt (its pointwise layers are nn.Linear)
+    "mlp": (_BLOCK_LAYER + r"mlp\.fc1(_g|_x)?", _BLOCK_LAYER + r"mlp\.fc2"),
+    # ResNet: the convolutions inside residual blocks; EfficientNet: the pointwise convolutions of its blocks
+    "conv": ("*layer[1-4].*.conv[1-3]", r"re:(.*\.)?blocks\.\d+\.\d+\.conv_pwl?"),
     "all-linear": ("<all-linear>",),  # every nn.Linear except a classifier head
-    "all-conv": ("<all-conv>",),  # every nn.Conv2d
+    "all-conv": ("<all-conv>",),  # every nn.Conv2d with groups=1
 }
 
-_BLOCK = re.compile(r"^(.*?(?:^|\.)(?:blocks|layer\d+)\.\d+)(?:\.|$)")
+_BLOCK = re.compile(r"^(.*?(?:^|\.)(?:blocks|layer\d+)\.\d+(?:\.\d+)?)(?:\.|$)")
 
 
 def resolve_targets(targets: str | Iterable[str]) -> list[str]:
@@ -79,7 +87,7 @@ def _matches(name: str, module: nn.Module, pattern: str) -> bool:
     if pattern == "<all-linear>":
         return isinstance(module, nn.Linear) and "head" not in name.split(".")
     if pattern == "<all-conv>":
-        return isinstance(module, nn.Conv2d)
+        return isinstance(module, nn.Conv2d) and module.groups == 1
     if pattern.startswith("re:"):
         return re.fullmatch(pattern[3:], name) is not None
     return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, "*." + pattern)
@@ -88,7 +96,10 @@ def _matches(name: str, module: nn.Module, pattern: str) -> bool:
 def block_indices(model: nn.Module) -> dict[str, int]:
     """Map each block container's qualified name to its index in forward order (see module docstring)."""
     index: dict[str, int] = {}
-    for name, _ in model.named_modules():
+    for name, module in model.named_modules():
+        # only modules that hold weights: EfficientNet's stage container blocks.<s> must not count as a block
+        if next(module.parameters(recurse=False), None) is None and next(module.buffers(recurse=False), None) is None:
+            continue
         found = _BLOCK.match(name)
         if found and found.group(1) not in index:
             index[found.group(1)] = len(index)
@@ -126,6 +137,13 @@ def _select(model: nn.Module, patterns: list[str], blocks: list[int] | None) -> 
             raise ValueError(
                 f"target {pattern!r} matched {name!r}, a {type(module).__name__}; adapters wrap nn.Linear and "
                 "nn.Conv2d only: make the pattern name the layer itself (e.g. 'attn.qkv', not 'attn')"
+            )
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise ValueError(
+                f"target {pattern!r} matched {name!r}, a grouped convolution (groups={module.groups}"
+                f"{', depthwise' if module.groups == module.in_channels else ''}); adapters wrap convolutions with "
+                "groups=1 only: name the pointwise layers instead (EfficientNet conv_pw / conv_pwl, ConvNeXt mlp.fc1 "
+                "/ mlp.fc2)"
             )
         if allowed is not None and block_of[name] not in allowed:
             continue

@@ -53,6 +53,13 @@ def _log2_exact(value: int, what: str) -> int:
     return n
 
 
+def _nearest_power_of_two_exponent(value: int) -> int:
+    """``n >= 1`` with ``2**n`` nearest to ``value`` (ties to the larger): 4 for a patch stride of 14."""
+    if value < 2:
+        raise ValueError(f"UNETR feature stride must be >= 2, got {value}.")
+    return max(1, math.floor(math.log2(value) + 0.5))
+
+
 class ConvBlock(nn.Sequential):
     """``n`` x (3x3 conv -> BatchNorm -> ReLU); keeps the spatial size.
 
@@ -120,9 +127,13 @@ class UNETRDecoder(nn.Module):
     fuses ``f_{n-1-k}`` brought up by ``k`` transposed convs, and the last stage (stride 1) fuses a 2-conv
     stem applied to the image. For ViT-B/16 with blocks (2, 5, 8, 11) this is UNETR's z3/z6/z9/z12 layout.
 
+    A stride that is not a power of two (DINOv2's and EVA-02's patch 14) is decoded as the nearest power of two
+    ``2**n`` (16 for 14): the maps are first resampled bilinearly from the patch grid to ``H / 2**n`` x ``W / 2**n``
+    (224 px: 16 x 16 tokens to 14 x 14), so the image side must be a multiple of ``2**n``.
+
     Args:
         encoder_channels: Channels of each feature map (shallow to deep), length ``n``.
-        reduction: Common stride of the feature maps (ViT patch size); must equal ``2**n``.
+        reduction: Common stride of the feature maps (ViT patch size); ``2**n`` is the power of two nearest to it.
         in_channels: Image channels, for the full-resolution stem.
         num_classes: Output logit channels.
         decoder_channels: Channels of the stages from stride ``r/2`` down to stride 1.
@@ -140,7 +151,8 @@ class UNETRDecoder(nn.Module):
         decoder_channels: Sequence[int] = DEFAULT_UNETR_CHANNELS,
     ) -> None:
         super().__init__()
-        n = _log2_exact(reduction, "UNETR feature stride")
+        n = _nearest_power_of_two_exponent(reduction)
+        self.grid_stride = 2**n
         if len(decoder_channels) != n or len(encoder_channels) != n:
             raise ValueError(
                 f"UNETR at feature stride {reduction} needs {n} features (out_indices) and {n} decoder_channels, "
@@ -165,6 +177,9 @@ class UNETRDecoder(nn.Module):
         Returns:
             Logits, shape [B, num_classes, H, W].
         """
+        grid = (image.shape[-2] // self.grid_stride, image.shape[-1] // self.grid_stride)
+        if tuple(features[-1].shape[-2:]) != grid:  # patch stride not a power of two (see the class docstring)
+            features = [F.interpolate(f, size=grid, mode="bilinear", align_corners=False) for f in features]
         skips = [proj(f) for proj, f in zip(self.skips, features[-2::-1])] + [self.stem(image)]
         x = features[-1]
         for stage, skip in zip(self.stages, skips):

@@ -31,8 +31,6 @@ __all__ = ["DECODERS", "Segmenter", "build_segmenter"]
 _logger = logging.getLogger(__name__)
 
 DECODERS = ("auto", "unetr", "unet", "linear")
-# "auto": equal-stride ViT features need UNETR's learned upsampling; hierarchical features suit a U-Net
-_AUTO_DECODER = {"vit": "unetr", "swin": "unet", "resnet": "unet"}
 
 
 class Segmenter(nn.Module):
@@ -80,16 +78,16 @@ def build_segmenter(
     """Build a :class:`Segmenter` from a timm encoder name.
 
     Args:
-        encoder: timm model name (``vit_*``, ``swin_*`` or ``resnet*``).
+        encoder: timm model name; any backbone of :mod:`medpeft.models.families`.
         pretrained: ``False`` for random init, ``True`` for timm's hub weights, or a path to a timm-compatible
             ``.safetensors``/``.pth`` file (see :func:`~medpeft.models.pretrained.load_pretrained_encoder`); its
             ``decoder.*`` tensors, if any, initialise the decoder where shapes fit
             (:func:`~medpeft.models.pretrained.load_pretrained_decoder`).
         decoder: ``"unetr"``, ``"unet"``, ``"linear"`` (a light per-pixel head that never sees the image, for
-            every family), or ``"auto"`` (UNETR for ViT, U-Net for Swin and ResNet).
+            every family), or ``"auto"`` (the family's: UNETR for plain transformers, U-Net for hierarchical encoders).
         in_channels: Image channels.
         num_classes: Output classes (background included).
-        img_size: Input side length in pixels (ViT and Swin are built for it).
+        img_size: Input side length in pixels (transformers are built for it).
         decoder_channels: Decoder stage widths, deepest first. Defaults to ``DEFAULT_UNETR_CHANNELS`` or
             ``DEFAULT_UNET_CHANNELS`` (``DEFAULT_LINEAR_CHANNELS``, one width, for ``"linear"``).
         out_indices: Encoder stages/blocks to decode; see :class:`~medpeft.models.encoder.TimmEncoder`.
@@ -108,7 +106,8 @@ def build_segmenter(
     if pretrained is not False:
         _logger.info("Loaded %d pretrained encoder tensors into %s.", len(report["loaded"]), encoder)
 
-    kind = _AUTO_DECODER[enc.family] if decoder == "auto" else decoder
+    # "auto": equal-stride (plain transformer) maps need UNETR's learned upsampling; hierarchical ones suit a U-Net
+    kind = enc.family.choose_decoder(enc.reductions) if decoder == "auto" else decoder
     if kind == "linear":
         dec: nn.Module = LinearDecoder(enc.out_channels, num_classes, decoder_channels or DEFAULT_LINEAR_CHANNELS)
     elif kind == "unetr":
@@ -120,6 +119,11 @@ def build_segmenter(
         dec = UNETRDecoder(
             enc.out_channels, enc.reductions[0], in_channels, num_classes, decoder_channels or DEFAULT_UNETR_CHANNELS
         )
+        if img_size % dec.grid_stride:
+            raise ValueError(
+                f"The UNETR decoder of {encoder} (feature stride {enc.reductions[0]}, decoded at stride "
+                f"{dec.grid_stride}) needs an image size that is a multiple of {dec.grid_stride}; got {img_size}."
+            )
     else:
         if len(set(enc.reductions)) != len(enc.reductions):
             raise ValueError(

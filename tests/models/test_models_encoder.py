@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from medpeft.models import TimmEncoder
-from medpeft.models.encoder import _swin_window_size, encoder_family
+from medpeft.models.families import UnsupportedEncoderError
+from medpeft.models.families.swin import swin_window_size
 
 CASES = [
     # (name, in_channels, expected out_channels, expected reductions)
@@ -52,13 +53,33 @@ def test_single_channel_statistics_are_the_rgb_average():
 
 @pytest.mark.parametrize("img_size, window", [(224, 7), (128, 8), (64, 4), (256, 8)])
 def test_swin_window_tiles_the_grid(img_size, window):
-    assert _swin_window_size("swin_tiny_patch4_window7_224", img_size) == window
+    assert swin_window_size("swin_tiny_patch4_window7_224", img_size) == window
     assert (img_size // 4 // 4) % window == 0  # third stage's grid, hence the first two, need no padding
 
 
-def test_unsupported_family_names_the_supported_ones():
-    with pytest.raises(ValueError, match=r"vit_\*.*swin_\*.*resnet\*"):
-        encoder_family("convnext_tiny")
+def test_unknown_timm_name_is_refused_with_similar_names():
+    with pytest.raises(UnsupportedEncoderError, match=r"timm has no model named 'convnext_tinyy'.*convnext_tiny"):
+        TimmEncoder("convnext_tinyy", in_channels=3, img_size=64)
+
+
+def test_backbone_no_decoder_fits_is_refused_when_built_with_the_reason():
+    """CrossViT's two branches return maps at strides 12 and 17: refused when the encoder is built (before any
+    training), naming the model and the strides."""
+    with pytest.raises(UnsupportedEncoderError, match=r"'crossvit_tiny_240' cannot be used: .*strides \[12, 17\]"):
+        TimmEncoder("crossvit_tiny_240", in_channels=3, img_size=240)
+
+
+def test_backbone_that_cannot_run_at_the_size_is_refused_with_the_reason():
+    """Inception-v3's stem cannot run on 32 px images: refused at build time with timm's error, not mid-training."""
+    with pytest.raises(UnsupportedEncoderError, match=r"'inception_v3' cannot be used at image size 32"):
+        TimmEncoder("inception_v3", in_channels=3, img_size=32)
+
+
+def test_generic_family_builds_fixed_size_transformers_for_the_image_size():
+    """MLP-Mixer (no family of its own) takes img_size; its equal-stride maps get four evenly spaced blocks."""
+    encoder = TimmEncoder("mixer_s16_224", in_channels=1, img_size=64)
+    assert encoder.family.name == "generic" and encoder.out_indices == (1, 3, 5, 7)
+    assert [tuple(f.shape) for f in encoder(torch.rand(2, 1, 64, 64))] == [(2, 512, 4, 4)] * 4
 
 
 def test_random_resnet_keeps_residual_branches_on() -> None:

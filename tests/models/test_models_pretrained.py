@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from medpeft.models import PretrainedWeightsError, TimmEncoder, encoder_state_dict_for_timm, load_pretrained_encoder
-from medpeft.models.encoder import _swin_window_size
+from medpeft.models.families.swin import swin_window_size
 
 
 def _plain_state_dict(name: str, **kwargs) -> dict[str, torch.Tensor]:
@@ -94,7 +94,7 @@ def test_swin_file_at_224_resizes_bias_tables_for_64(tmp_path):
 
     report = load_pretrained_encoder(encoder, tmp_path / "swin.safetensors")
 
-    window = _swin_window_size("swin_tiny_patch4_window7_224", 64)
+    window = swin_window_size("swin_tiny_patch4_window7_224", 64)
     table = encoder.model.layers_0.blocks[0].attn.relative_position_bias_table
     assert report["missing_keys"] == [] and table.shape == ((2 * window - 1) ** 2, 3)
     fc2 = encoder.model.layers_2.blocks[1].mlp.fc2.weight
