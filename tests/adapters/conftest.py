@@ -14,7 +14,21 @@ ENCODERS = {
     "vit": ("vit_tiny_patch16_224", {"img_size": 32}, 32, ["attn", "mlp"], None),
     "swin": ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 4}, 64, ["attn", "mlp"], [0, 2, 4, 9]),
     "resnet": ("resnet18", {"zero_init_last": False}, 64, ["conv"], None),
-}
+    # The families of medpeft.models.families, shrunk (width 64, two blocks) where the real model is ViT-B sized,
+    # layer scales and head scales at 1 (their 1e-6 .. 1e-3 inits would leave outputs that adapters barely move):
+    # ConvNeXt's pointwise MLPs, EfficientNet-Lite's pointwise convs (depthwise ones are refused), EVA-02's
+    # separate q / k / v, SwiGLU and rotary positions, BEiT's attention that reads .weight with q / v biases,
+    # DINOv2's registers at patch 14, SAM's windowed + global attention with relative positions and its neck.
+    "convnext": ("convnext_atto", {"ls_init_value": 1.0}, 32, ["mlp"], None),
+    "efficientnet": ("tf_efficientnet_lite0", {}, 32, ["conv"], None),
+    "eva02": ("eva02_base_patch14_224", {"img_size": 28, "embed_dim": 64, "depth": 2, "num_heads": 2, "head_init_scale": 1.0}, 28,
+              ["attn", "mlp"], None),
+    "beit": ("beit_base_patch16_224", {"img_size": 32, "embed_dim": 64, "depth": 2, "num_heads": 2, "head_init_scale": 1.0, "init_values": None}, 32,
+             ["attn", "mlp"], None),
+    "dinov2": ("vit_small_patch14_reg4_dinov2", {"img_size": 28, "depth": 2, "init_values": None}, 28, ["attn", "mlp"], None),
+    "sam": ("samvit_base_patch16", {"img_size": 64, "embed_dim": 64, "depth": 2, "num_heads": 2,
+            "global_attn_indexes": (1,), "window_size": 2, "neck_chans": 32}, 64, ["attn", "mlp"], None),
+}  # fmt: skip
 METHOD_OPTIONS = {"lora": {"rank": 4, "alpha": 8.0}, "trm": {"rank": 2, "order": 3}, "tcurlora": {"rank": 2}}
 
 

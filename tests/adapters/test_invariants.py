@@ -78,7 +78,10 @@ def test_only_adapters_trainable_with_formula_counts(family, method):
 def test_every_adapter_parameter_learns(family, method):
     model, x, _ = _inject(family, method)
     model.train()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    # tCURLoRA's cores scale products of two weight slices (~0.02 each at random init): its configs train them at
+    # 100x the others' rate (ENCODER_LR_SCALES), and at 1e-2 two steps move a small random net's output by < 1e-5
+    lr = 1.0 if method == "tcurlora" else 1e-2
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     with torch.no_grad():
         before = model.eval()(x)
     model.train()
@@ -92,8 +95,8 @@ def test_every_adapter_parameter_learns(family, method):
     assert not dead, f"parameters without gradient: {dead}"
     if method == "tcurlora":
         assert all("tcur_dU" in n for n in grads)
-    with torch.no_grad():
-        assert (model.eval()(x) - before).abs().max() > 1e-4
+    with torch.no_grad():  # relative: random-init heads give outputs from 1e-3 (DINOv2) to 1e+0 (ResNet)
+        assert (model.eval()(x) - before).abs().max() > 1e-3 * before.abs().max()
 
 
 def test_merge_unmerge_and_delta_weight(family, method):
