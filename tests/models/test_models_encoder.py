@@ -93,3 +93,52 @@ def test_random_resnet_keeps_residual_branches_on() -> None:
     inject_adapters(encoder, method="tcurlora", targets=["conv"], rank=1)
     sum(f.square().mean() for f in encoder(torch.rand(2, 1, 64, 64))).backward()
     assert all(group.tcur_dU_real.grad.abs().sum() > 0 for group in tcurlora_groups(encoder).values())
+
+
+def test_sam_deepest_map_is_the_neck_output() -> None:
+    """SAM's deepest map is its image embedding: the neck after the last block, as timm's plain SAM computes it
+    (timm's features_only wrapper would drop the neck); the shallower maps are the blocks' 768-channel tokens."""
+    import timm
+
+    encoder = TimmEncoder("samvit_base_patch16", in_channels=3, img_size=64).eval()
+    plain = timm.create_model("samvit_base_patch16", pretrained=False, num_classes=0, img_size=64).eval()
+    plain.load_state_dict(encoder.model.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        features = encoder(x)
+        embedding = plain.forward_features(x)
+    assert encoder.out_channels == [768, 768, 768, 256] and encoder.out_indices == (2, 5, 8, 11)
+    torch.testing.assert_close(features[-1], embedding, rtol=0, atol=0)
+    assert [tuple(f.shape) for f in features[:-1]] == [(1, 768, 4, 4)] * 3
+
+
+def test_patch14_maps_are_decoded_at_stride_16() -> None:
+    """DINOv2's 8 x 8 patch grid at 112 px is resampled to the 7 x 7 grid UNETR's four x2 stages expect; an image
+    size UNETR cannot reach is refused when the network is built, naming both strides."""
+    from medpeft.models import build_segmenter
+
+    net = build_segmenter("vit_small_patch14_reg4_dinov2", img_size=112, num_classes=3)
+    assert net.encoder.reductions == [14] * 4 and net.decoder.grid_stride == 16
+    assert tuple(net(torch.rand(1, 3, 112, 112)).shape) == (1, 3, 112, 112)
+    with pytest.raises(ValueError, match=r"feature stride 14, decoded at stride 16.*multiple of 16; got 126"):
+        build_segmenter("vit_small_patch14_reg4_dinov2", img_size=126)
+
+
+def test_efficientnet_blocks_presets_and_depthwise_refusal() -> None:
+    """EfficientNet's blocks.<stage>.<k> count one by one (16 on Lite-0), ``conv`` takes only its pointwise
+    convolutions, ``all-conv`` skips the depthwise ones, and a pattern that names a depthwise conv is refused by name."""
+    from medpeft.adapters import inject_adapters
+    from medpeft.adapters.inject import block_indices
+
+    encoder = TimmEncoder("tf_efficientnet_lite0", in_channels=3, img_size=32)
+    assert len(block_indices(encoder)) == 16
+    names = inject_adapters(encoder, "lora", ["conv"], blocks=[0, -1], rank=2)
+    assert names == ["model.blocks.0.0.conv_pw", "model.blocks.6.0.conv_pw", "model.blocks.6.0.conv_pwl"]
+
+    depthwise = TimmEncoder("tf_efficientnet_lite0", in_channels=3, img_size=32)
+    adapted = inject_adapters(depthwise, "lora", ["all-conv"], rank=2)
+    assert adapted and not any(name.endswith("conv_dw") for name in adapted)
+    with pytest.raises(
+        ValueError, match=r"'model.blocks.1.0.conv_dw', a grouped convolution \(groups=96, depthwise\)"
+    ):
+        inject_adapters(TimmEncoder("tf_efficientnet_lite0", 3, 32), "lora", ["blocks.1.0.conv_dw"], rank=2)
