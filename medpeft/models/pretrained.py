@@ -5,7 +5,10 @@ keyed like the plain timm model (``blocks.0.attn.qkv.weight``, ``patch_embed.pro
 ``layer1.0.conv1.weight``), as ``.safetensors`` or as a ``.pth``/``.pt``/``.bin`` torch pickle (read with
 ``weights_only=True``, so a file cannot run code; a top-level ``state_dict`` or ``model`` entry is unwrapped).
 
-A file is adapted to the encoder the way timm adapts its own checkpoints (``timm.models._builder.load_pretrained``):
+A file published in another layout (official SAM / MedSAM, DINOv2 and EfficientNet-Lite checkpoints) is first
+renamed onto timm's names by :func:`medpeft.models.official_weights.to_timm_names`; the tensors it drops (SAM's
+``prompt_encoder.*`` and ``mask_decoder.*``, DINOv2's ``mask_token``) are logged. Then the file is adapted to the
+encoder the way timm adapts its own checkpoints (``timm.models._builder.load_pretrained``):
 
 1. the architecture's ``checkpoint_filter_fn`` (from its timm module) runs against a weightless copy of the plain
    model with the encoder's ``img_size``; it resamples ViT position embeddings and resizes Swin relative-position
@@ -44,15 +47,18 @@ from urllib.parse import urlsplit
 
 import timm
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from timm.models import adapt_input_conv
 from torch import nn
 
+from medpeft.io import atomic_output
 from medpeft.models.encoder import TimmEncoder
+from medpeft.models.official_weights import to_timm_names
 
 __all__ = [
     "DECODER_PREFIX",
     "PretrainedWeightsError",
+    "convert_weights_file",
     "encoder_state_dict_for_timm",
     "load_pretrained_decoder",
     "load_pretrained_encoder",
@@ -187,16 +193,18 @@ def _filter_fn(model: nn.Module) -> Callable[[dict, nn.Module], dict] | None:
     return getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
 
 
-def _file_state_dict(encoder: TimmEncoder, path: Path) -> tuple[dict[str, torch.Tensor], set[str], str]:
-    """Read a timm-compatible file and adapt it to the encoder's image size and input channels.
+def _file_state_dict(encoder: TimmEncoder, path: Path) -> tuple[dict[str, torch.Tensor], set[str], str, list[str]]:
+    """Read a timm-compatible or officially laid out file and adapt it to the encoder's image size and channels.
 
     Returns:
-        The adapted state dict (plain timm names), the plain model's key set, and a description of the source.
+        The adapted state dict (plain timm names), the plain model's key set, a description of the source, and
+        the file's keys dropped as no part of the model (official layouts only).
     """
     state_dict = {key: value for key, value in _read_file(path).items() if not key.startswith(DECODER_PREFIX)}
     plain = _plain_model(encoder)
     filter_fn = _filter_fn(plain)
     try:
+        state_dict, dropped, layout = to_timm_names(state_dict, plain)
         if filter_fn is not None:
             state_dict = filter_fn(state_dict, plain)
         first_convs = plain.pretrained_cfg.get("first_conv") or ()
@@ -210,7 +218,11 @@ def _file_state_dict(encoder: TimmEncoder, path: Path) -> tuple[dict[str, torch.
             f"Pretrained weights file {str(path)!r} cannot be adapted to encoder {encoder.name!r} "
             f"({type(e).__name__}: {e})."
         ) from e
-    return state_dict, set(plain.state_dict()), f"file {str(path)!r}"
+    if dropped:
+        _logger.info(
+            "Pretrained file %r (%s layout): %d dropped: %s", str(path), layout, len(dropped), ", ".join(dropped)
+        )
+    return state_dict, set(plain.state_dict()), f"file {str(path)!r}", dropped
 
 
 def _load_into(
@@ -254,7 +266,8 @@ def load_pretrained_encoder(encoder: TimmEncoder, pretrained: bool | str | Path)
         encoder: The encoder to initialise.
         pretrained: ``False`` (keep the random init), ``True`` (timm's default pretrained weights for
             ``encoder.name`` from the model hub; a cached copy is used offline), or the path of a timm-compatible
-            ``.safetensors``/``.pth``/``.pt``/``.bin`` file (see the module docstring for how it is adapted).
+            or official SAM / MedSAM / DINOv2 / EfficientNet-Lite ``.safetensors``/``.pth``/``.pt``/``.bin`` file
+            (see the module docstring for how it is adapted).
 
     Returns:
         A report with ``missing_keys`` (encoder tensors left at their init, named as in the encoder, e.g.
@@ -270,8 +283,37 @@ def load_pretrained_encoder(encoder: TimmEncoder, pretrained: bool | str | Path)
     if pretrained is True:
         state_dict, plain_keys, source = _hub_state_dict(encoder)
     else:
-        state_dict, plain_keys, source = _file_state_dict(encoder, Path(pretrained).expanduser())
+        state_dict, plain_keys, source, _ = _file_state_dict(encoder, Path(pretrained).expanduser())
     return _load_into(encoder, state_dict, plain_keys, source)
+
+
+def convert_weights_file(encoder: TimmEncoder, src: str | Path, dst: str | Path) -> dict[str, list[str]]:
+    """Write a weights file as the timm-named safetensors of ``encoder``'s plain timm model.
+
+    ``src`` is read and adapted as by :func:`load_pretrained_encoder` (official layouts renamed, position tables
+    resampled to ``encoder.img_size``, first conv adapted to ``encoder.in_channels``) and loaded into ``encoder``,
+    which checks every shape; the tensors the plain timm model knows are written to ``dst`` (atomically), which
+    ``model.pretrained: dst`` then loads with no conversion.
+
+    Returns:
+        ``mapped`` (timm names written), ``dropped`` (file tensors of no part of the model, as named in the file),
+        ``missing_keys`` and ``unexpected_keys`` as reported by :func:`load_pretrained_encoder`.
+
+    Raises:
+        PretrainedWeightsError: As :func:`load_pretrained_encoder`.
+    """
+    state_dict, plain_keys, source, dropped = _file_state_dict(encoder, Path(src).expanduser())
+    report = _load_into(encoder, state_dict, plain_keys, source)
+    # clone: converted tensors may be views of one file tensor, and safetensors refuses shared storage
+    mapped = {key: value.detach().clone().contiguous() for key, value in state_dict.items() if key in plain_keys}
+    with atomic_output(Path(dst).expanduser()) as temporary:
+        save_file(mapped, str(temporary))
+    return {
+        "mapped": sorted(mapped),
+        "dropped": dropped,
+        "missing_keys": report["missing_keys"],
+        "unexpected_keys": report["unexpected_keys"],
+    }
 
 
 def load_pretrained_decoder(decoder: nn.Module, path: str | Path) -> dict[str, list[str]]:
