@@ -12,13 +12,17 @@ Recipe:
   Case ids are the image stems (``"benign (4)"``). Images are read as grey (``convert("L")``).
 * Preprocessing: each image is resized to ``--size`` squared (bilinear, antialias, ``align_corners=False``) and
   scaled to [0, 1]; its mask with pixel-centre nearest sampling (``nearest-exact``), so both stay aligned. All
-  splits are preloaded as tensors. The network sees ``(x - 0.449) / 0.226``: ImageNet's mean and std averaged over
-  RGB, the usual smp input statistics for a one-channel resnet18 and the ones a medpeft source network was trained on.
-* Model: ``smp.Unet("resnet18", encoder_weights=None, in_channels=1, classes=1)`` with smp's default decoder
-  widths (``--decoder-channels``); ``--init`` loads a medpeft export (``scripts/pretrain.py --with-decoder``)
-  wherever names and shapes fit.
+  splits are preloaded as tensors. The network sees ``(x - mean) / std`` with the statistics its encoder's weights
+  expect (``ENCODERS``): for resnet18 0.449 / 0.226, ImageNet's averaged over RGB, the usual smp statistics for a
+  one-channel resnet18 and the ones a medpeft source network was trained on; for tf_efficientnet_lite0 0.5 / 0.5.
+* Model: ``smp.Unet(<--encoder>, encoder_weights=None, in_channels=1, classes=1)`` with smp's default decoder
+  widths (``--decoder-channels``); ``--encoder`` is ``resnet18`` or ``tf_efficientnet_lite0`` (smp's
+  ``tu-tf_efficientnet_lite0``); ``--init`` loads a medpeft export (``scripts/pretrain.py --with-decoder``) or a
+  timm-named encoder file (``scripts/convert_weights.py``: the ImageNet Lite-0 weights) wherever names and shapes
+  fit.
 * Modes: ``full`` trains everything; ``decoder_only`` freezes the encoder; ``lora`` adds peft LoRA (``r = alpha =
-  --rank``) to every conv inside the residual blocks (``encoder.layerN.K.conv1/conv2``) and trains it with the decoder
+  --rank``) to every conv inside the residual blocks (``encoder.layerN.K.conv1/conv2``; Lite-0: the pointwise
+  ``conv_pw`` / ``conv_pwl`` of every block) and trains it with the decoder
   and head. In both frozen-encoder modes the encoder's BatchNorm layers stay in eval mode, so their running
   statistics are frozen as well.
 * Training: smp ``DiceLoss(binary, from_logits)`` + ``BCEWithLogitsLoss``; AdamW (``--lr``, weight decay 1e-4);
@@ -48,6 +52,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import segmentation_models_pytorch as smp
@@ -62,8 +67,28 @@ __all__ = ["build_model", "load_busi_split", "main", "score"]
 
 CLASSES = ("benign", "malignant", "normal")
 COLUMNS = ("case", "class", "dice", "iou", "hd95", "asd", "gt_voxels", "pred_voxels")
-LORA_TARGETS = r"encoder\.layer[1-4]\.\d+\.conv[12]"  # peft fullmatches a str against each module name
-MEAN, STD = 0.449, 0.226
+
+
+class Encoder(NamedTuple):
+    """An smp encoder choice: its smp name, the input statistics its weights expect (one grey channel), the
+    regex of the layers LoRA adapts (peft fullmatches a str against each module name), and the prefix its timm
+    weights take inside the smp model."""
+
+    smp_name: str
+    mean: float
+    std: float
+    lora_targets: str
+    weights_prefix: str
+
+
+ENCODERS = {
+    # ImageNet's mean / std averaged over RGB, the usual smp statistics for a one-channel resnet18
+    "resnet18": Encoder("resnet18", 0.449, 0.226, r"encoder\.layer[1-4]\.\d+\.conv[12]", "encoder."),
+    # TF EfficientNet-Lite expects (x - 0.5) / 0.5 (timm's pretrained config); LoRA on its pointwise convolutions
+    "tf_efficientnet_lite0": Encoder(
+        "tu-tf_efficientnet_lite0", 0.5, 0.5, r"encoder\.model\.blocks\.\d+\.\d+\.conv_pwl?", "encoder.model."
+    ),
+}
 BATCH_SIZE = 16
 DECODER_CHANNELS = (256, 128, 64, 32, 16)  # smp's default U-Net widths
 _MASK_RE = re.compile(r"^(.+)_mask(?:_\d+)?\.png$", re.IGNORECASE)
@@ -113,8 +138,9 @@ def load_busi_split(root: Path, split_file: Path, size: int) -> dict[str, Split]
             union = torch.zeros_like(grey, dtype=torch.bool)
             for path in mask_paths:  # _mask, _mask_1, ...: further lesions of the same image
                 union |= _read_grey(path) > 127  # masks hold {0, 255}
-            image = F.interpolate(grey[None, None].float() / 255, size=(size, size), mode="bilinear",
-                                  antialias=True, align_corners=False)  # [1, 1, S, S]
+            image = F.interpolate(
+                grey[None, None].float() / 255, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )  # [1, 1, S, S]
             mask = F.interpolate(union[None, None].float(), size=(size, size), mode="nearest-exact")
             images.append(image.clamp(0, 1))
             masks.append(mask > 0.5)
@@ -124,14 +150,18 @@ def load_busi_split(root: Path, split_file: Path, size: int) -> dict[str, Split]
     return out
 
 
-def _load_init(model: nn.Module, path: Path) -> tuple[int, int]:
+def _load_init(model: nn.Module, path: Path, encoder: str = "resnet18") -> tuple[int, int]:
     """Copy a medpeft export into the smp U-Net where names and shapes fit; return (loaded, skipped) counts.
 
     medpeft writes the encoder under plain timm names (``conv1.weight``, ``layer1.0.conv1.weight``, the same as
-    smp's resnet18 encoder), its U-Net decoder (smp's ``UnetDecoder``) under ``decoder.unet.`` and its 1x1 head as
-    ``decoder.head``; the file is float16. smp's segmentation head is a 3x3 conv, so the head never fits.
+    smp's resnet18 encoder; ``conv_stem.weight``, ``blocks.0.0.conv_dw.weight`` inside smp's ``tu-`` wrapper), its
+    U-Net decoder (smp's ``UnetDecoder``) under ``decoder.unet.`` and its 1x1 head as ``decoder.head``; the file is
+    float16 (``scripts/pretrain.py``) or float32 (``scripts/convert_weights.py``). smp's segmentation head is a 3x3
+    conv, so the head never fits. An RGB first convolution is summed over its input channels for the grey input
+    (what timm's ``adapt_input_conv`` does for one channel).
     """
     own = model.state_dict()
+    prefix = ENCODERS[encoder].weights_prefix
     fits, skipped = {}, []
     for key, value in load_file(str(path)).items():
         if key.startswith("decoder.head."):
@@ -139,7 +169,9 @@ def _load_init(model: nn.Module, path: Path) -> tuple[int, int]:
         elif key.startswith("decoder."):
             target = "decoder." + key.removeprefix("decoder.").removeprefix("unet.")
         else:
-            target = "encoder." + key.removeprefix("encoder.").removeprefix("model.")
+            target = prefix + key.removeprefix("encoder.").removeprefix("model.")
+        if target in own and value.ndim == 4 and value.shape[1] == 3 and own[target].shape[1] == 1:
+            value = value.sum(1, keepdim=True)
         if target in own and own[target].shape == value.shape:
             fits[target] = value.to(own[target].dtype)  # float16 -> float32 (num_batches_tracked stays int64)
         else:
@@ -148,27 +180,38 @@ def _load_init(model: nn.Module, path: Path) -> tuple[int, int]:
         skipped.append("decoder.head.bias")  # a bias alone would be half a head: keep the fresh init
         del fits["segmentation_head.0.bias"]
     if not any(key.startswith("encoder.") for key in fits):
-        raise ValueError(f"no encoder tensor of {path} fits smp's resnet18 (file keys: {sorted(skipped)[:5]} ...)")
+        raise ValueError(f"no encoder tensor of {path} fits smp's {encoder} (file keys: {sorted(skipped)[:5]} ...)")
     model.load_state_dict(fits, strict=False)
     print(f"--init {path}: loaded {len(fits)} tensors, skipped {len(skipped)}: {', '.join(skipped[:6])}")
     return len(fits), len(skipped)
 
 
 def build_model(
-    mode: str, rank: int, init: Path | None, decoder_channels: tuple[int, ...] = DECODER_CHANNELS
+    mode: str,
+    rank: int,
+    init: Path | None,
+    decoder_channels: tuple[int, ...] = DECODER_CHANNELS,
+    encoder: str = "resnet18",
 ) -> nn.Module:
-    """The U-Net, optionally initialised from ``init``, with the parameters of ``mode`` trainable."""
+    """The U-Net on ``encoder`` (a key of ENCODERS), optionally initialised from ``init``, ``mode``'s parameters
+    trainable."""
     model = smp.Unet(
-        "resnet18", encoder_weights=None, in_channels=1, classes=1, decoder_channels=tuple(decoder_channels)
+        ENCODERS[encoder].smp_name,
+        encoder_weights=None,
+        in_channels=1,
+        classes=1,
+        decoder_channels=tuple(decoder_channels),
     )
     if init is not None:
-        _load_init(model, init)
+        _load_init(model, init, encoder)
     if mode == "decoder_only":
         model.encoder.requires_grad_(False)
     elif mode == "lora":
         from peft import LoraConfig, inject_adapter_in_model
 
-        model = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS), model)
+        model = inject_adapter_in_model(
+            LoraConfig(r=rank, lora_alpha=rank, target_modules=ENCODERS[encoder].lora_targets), model
+        )
         # peft freezes every non-LoRA parameter; the decoder and head are new for the task and train in full
         model.decoder.requires_grad_(True)
         model.segmentation_head.requires_grad_(True)
@@ -184,12 +227,14 @@ def _set_train(model: nn.Module, mode: str) -> None:
 
 
 @torch.no_grad()
-def score(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> list[tuple[int, int, int, float]]:
+def score(
+    model: nn.Module, images: torch.Tensor, masks: torch.Tensor, mean: float = 0.449, std: float = 0.226
+) -> list[tuple[int, int, int, float]]:
     """Per image (|G|, |P|, |P&G|, Dice) with the rule of the module docstring (empty G and P -> Dice 1)."""
     model.eval()
     rows = []
     for start in range(0, len(images), 64):
-        pred = model((images[start : start + 64] - MEAN) / STD) > 0  # [B, 1, S, S]
+        pred = model((images[start : start + 64] - mean) / std) > 0  # [B, 1, S, S]
         gt = masks[start : start + 64]
         counts = zip(gt.sum((1, 2, 3)).tolist(), pred.sum((1, 2, 3)).tolist(), (pred & gt).sum((1, 2, 3)).tolist())
         rows += [(g, p, i, 1.0 if g + p == 0 else 2 * i / (g + p)) for g, p, i in counts]
@@ -218,6 +263,10 @@ def main(argv: list[str] | None = None) -> tuple[dict, nn.Module]:
         "--decoder-channels", type=int, nargs=5, default=DECODER_CHANNELS,
         help="U-Net decoder widths, deepest first (smp's default; a --init file's decoder must have the same)",
     )  # fmt: skip
+    parser.add_argument(
+        "--encoder", choices=sorted(ENCODERS), default="resnet18",
+        help="smp encoder (and the input statistics its weights expect); --init gives its weights",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -226,7 +275,8 @@ def main(argv: list[str] | None = None) -> tuple[dict, nn.Module]:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     data = load_busi_split(args.data_root, args.split, args.size)
-    model = build_model(args.mode, args.rank, args.init, args.decoder_channels)
+    model = build_model(args.mode, args.rank, args.init, args.decoder_channels, args.encoder)
+    stats = ENCODERS[args.encoder].mean, ENCODERS[args.encoder].std
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     print(f"mode {args.mode}: {trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters")
@@ -244,20 +294,22 @@ def main(argv: list[str] | None = None) -> tuple[dict, nn.Module]:
     for epoch in range(1, args.epochs + 1):
         _set_train(model, args.mode)
         order = torch.randperm(n, generator=generator)
-        bar = tqdm([order[i * BATCH_SIZE : (i + 1) * BATCH_SIZE] for i in range(steps_per_epoch)],
-                   desc=f"epoch {epoch}/{args.epochs}")
+        bar = tqdm(
+            [order[i * BATCH_SIZE : (i + 1) * BATCH_SIZE] for i in range(steps_per_epoch)],
+            desc=f"epoch {epoch}/{args.epochs}",
+        )
         for batch in bar:
             x, y = train_x[batch], train_y[batch].float()  # [B, 1, S, S] each
             flip = (torch.rand(len(batch), generator=generator) < 0.5)[:, None, None, None]
             x, y = torch.where(flip, x.flip(-1), x), torch.where(flip, y.flip(-1), y)
-            logits = model((x - MEAN) / STD)
+            logits = model((x - stats[0]) / stats[1])
             loss = dice_loss(logits, y) + bce(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        val_dice = float(np.mean([row[3] for row in score(model, *data["val"][1:])]))
+        val_dice = float(np.mean([row[3] for row in score(model, *data["val"][1:], *stats)]))
         if val_dice > best_dice:
             best_dice, best_epoch = val_dice, epoch
             best_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
@@ -267,10 +319,10 @@ def main(argv: list[str] | None = None) -> tuple[dict, nn.Module]:
         model.load_state_dict(best_state)
 
     cases, test_x, test_y = data["test"]
-    rows = score(model, test_x, test_y)
+    rows = score(model, test_x, test_y, *stats)
     lesion = [d for g, _, _, d in rows if g > 0]
     metrics = {
-        "mode": args.mode, "seed": args.seed, "epochs": args.epochs, "size": args.size, "lr": args.lr,
+        "mode": args.mode, "encoder": args.encoder, "seed": args.seed, "epochs": args.epochs, "size": args.size, "lr": args.lr,
         "rank": args.rank if args.mode == "lora" else None, "init": str(args.init) if args.init else None,
         "trainable_params": trainable, "train_seconds": round(train_seconds, 2),
         "best_epoch": best_epoch, "best_val_dice": best_dice,

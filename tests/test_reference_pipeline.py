@@ -166,3 +166,28 @@ def test_init_from_medpeft_export(busi: tuple[Path, Path], tmp_path: Path) -> No
     assert (loaded, skipped) == (len(state) - 2, 2)
     assert torch.equal(model.encoder.layer1[0].conv1.weight, state["layer1.0.conv1.weight"].half().float())
     assert model.decoder.blocks[0].conv1[0].weight.dtype == torch.float32
+
+
+def test_init_from_timm_named_lite0_file_sums_the_rgb_stem(tmp_path: Path) -> None:
+    """A timm-named RGB Lite-0 file (scripts/convert_weights.py) fills every tensor of smp's tu- encoder; the stem is
+    summed over RGB for the grey input, which equals the RGB stem applied to a grey image repeated three times."""
+    safetensors = pytest.importorskip("safetensors.torch")
+    import timm
+
+    plain = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    state = {k: v.contiguous() for k, v in plain.state_dict().items() if not k.startswith(("conv_head", "bn2"))}
+    path = tmp_path / "lite0.safetensors"
+    safetensors.save_file(state, str(path))
+    model = ref.build_model("lora", 4, path, encoder="tf_efficientnet_lite0")
+    own = model.state_dict()
+    encoder_keys = [k for k in own if k.startswith("encoder.") and "lora_" not in k]
+    assert len(encoder_keys) == len(state)
+    for key in encoder_keys:
+        name = key.removeprefix("encoder.model.").replace("base_layer.", "")  # peft wraps the adapted convs
+        expected = state[name].sum(1, keepdim=True) if name == "conv_stem.weight" else state[name]
+        assert torch.equal(own[key], expected), key
+    grey = torch.rand(1, 1, 8, 8)
+    stem = model.encoder.model.conv_stem
+    torch.testing.assert_close(stem(grey), plain.conv_stem(grey.expand(-1, 3, -1, -1)))
+    lora = [name for name, _ in model.named_modules() if name.endswith("lora_A")]
+    assert lora and all(".conv_pw" in name for name in lora)
