@@ -142,3 +142,13 @@ def test_efficientnet_blocks_presets_and_depthwise_refusal() -> None:
         ValueError, match=r"'model.blocks.1.0.conv_dw', a grouped convolution \(groups=96, depthwise\)"
     ):
         inject_adapters(TimmEncoder("tf_efficientnet_lite0", 3, 32), "lora", ["blocks.1.0.conv_dw"], rank=2)
+
+
+def test_readme_family_table_is_the_generated_one() -> None:
+    """README.md's encoder table is medpeft.models.families.table's output, so a family's docs cannot drift."""
+    from pathlib import Path
+
+    from medpeft.models.families.table import markdown_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert markdown_table() in readme

@@ -70,6 +70,7 @@ class EncoderFamily:
 
     Attributes:
         name: Short family name recorded on the encoder (``"vit"``, ``"convnext"``, ...).
+        models: The timm model names it covers, as patterns, for documentation.
         timm_modules: timm model modules whose architectures belong to this family.
         auto_decoder: The decoder ``model.decoder: auto`` picks.
         sized_by_image: Whether the network is built for ``data.image_size`` (position embeddings, windows,
@@ -81,6 +82,7 @@ class EncoderFamily:
     """
 
     name: str = ""
+    models: str = ""
     timm_modules: tuple[str, ...] = ()
     auto_decoder: str = "unet"
     sized_by_image: bool = False
@@ -177,6 +179,7 @@ class EncoderFamily:
         """The family's facts for documentation: decoder, presets, blocks, tCURLoRA grouping, example."""
         return {
             "family": self.name,
+            "timm models": self.models,
             "decoder (auto)": self.auto_decoder,
             **{f"preset {k}": v for k, v in self.presets.items()},
             "blocks": self.blocks,

@@ -19,6 +19,7 @@ class ConvNeXtFamily(EncoderFamily):
     """ConvNeXt encoders; see the module docstring."""
 
     name = "convnext"
+    models = "convnext_*"
     timm_modules = ("convnext",)
     auto_decoder = "unet"
     presets: ClassVar[dict[str, str]] = {

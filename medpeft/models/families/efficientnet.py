@@ -20,6 +20,7 @@ class EfficientNetFamily(EncoderFamily):
     """EfficientNet / EfficientNet-Lite encoders; see the module docstring."""
 
     name = "efficientnet"
+    models = "efficientnet_*, tf_efficientnet_*, tf_efficientnet_lite*"
     timm_modules = ("efficientnet",)
     auto_decoder = "unet"
     presets: ClassVar[dict[str, str]] = {

@@ -23,6 +23,7 @@ class EvaFamily(EncoderFamily):
     """EVA, EVA-02 and BEiT encoders; see the module docstring."""
 
     name = "eva"
+    models = "eva02_*, eva_*, beit*"
     timm_modules = ("eva", "beit")
     auto_decoder = "unetr"
     sized_by_image = True

@@ -25,6 +25,7 @@ class GenericFamily(EncoderFamily):
     """The fallback family (not registered: :func:`~medpeft.models.families.base.family_for` returns it)."""
 
     name = "generic"
+    models = "anything else timm builds with features_only (mobilenetv3_*, regnet*, mixer_*, ...)"
     auto_decoder = "by strides: unet for distinct strides, unetr for equal ones"
     presets: ClassVar[dict[str, str]] = {
         "attn": "blocks.<k>.attn.qkv / proj where the model has them",

@@ -13,12 +13,14 @@ class ResNetFamily(EncoderFamily):
     """ResNet encoders (BatchNorm: see ``adapter.adapt_norm``)."""
 
     name = "resnet"
+    models = "resnet*, resnext*, wide_resnet*"
     timm_modules = ("resnet",)
     auto_decoder = "unet"
     presets: ClassVar[dict[str, str]] = {
         "attn": "none",
         "mlp": "none",
-        "conv": "conv1, conv2 (and conv3 in bottlenecks) of every residual block; not the shortcut convolutions",
+        "conv": "conv1, conv2 (and conv3 in bottlenecks) of every residual block, not the shortcuts; ResNeXt's "
+        "grouped conv2 is refused: name conv1 / conv3",
     }
     blocks = "residual blocks of layer1..layer4 in forward order: 0..7 on resnet18"
     tcurlora = "conv weights viewed [out, in k k], stacked by shape: the 3x3 convs of a stage's blocks share a tensor"

@@ -31,6 +31,7 @@ class SamFamily(EncoderFamily):
     """SAM / MedSAM image encoders; see the module docstring."""
 
     name = "sam"
+    models = "samvit_* (SAM, MedSAM files)"
     timm_modules = ("vision_transformer_sam",)
     auto_decoder = "unetr"
     sized_by_image = True

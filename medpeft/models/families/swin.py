@@ -46,6 +46,7 @@ class SwinFamily(EncoderFamily):
     """Swin encoders; see the module docstring."""
 
     name = "swin"
+    models = "swin_*"
     timm_modules = ("swin_transformer",)
     auto_decoder = "unet"
     sized_by_image = True

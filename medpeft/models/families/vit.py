@@ -28,6 +28,7 @@ class ViTFamily(EncoderFamily):
     """ViT / DeiT / DINOv2 encoders; see the module docstring."""
 
     name = "vit"
+    models = "vit_*, deit_*, vit_*_dinov2, vit_*_reg4_dinov2"
     timm_modules = ("vision_transformer", "deit")
     auto_decoder = "unetr"
     sized_by_image = True
