@@ -3,7 +3,8 @@
 
 Usage:
     python scripts/benchmark.py [--encoders NAME ...] [--methods M ...] [--img-size 224] [--batch-size N]
-                                [--iters 5] [--warmup 2] [--device auto] [--no-memory] [--out benchmarks/results]
+                                [--iters 5] [--warmup 2] [--device auto] [--no-memory] [--grad-checkpointing]
+                                [--out benchmarks/results]
     python scripts/benchmark.py --quick     # smoke test
 
 See ``python scripts/benchmark.py --help`` and :mod:`medpeft.benchmark`.

@@ -72,3 +72,23 @@ def test_cpu_peak_memory_sees_the_optimizer_state_of_full_finetuning() -> None:
     frozen = peak_training_memory_mb("vit_tiny_patch16_224", "decoder_only", 32, 2, torch.device("cpu"))
     # full adds gradients and two AdamW moments for 5.5 M encoder weights: 3 x 4 bytes x 5.5 M = 63 MiB
     assert full - frozen > 40
+
+
+def test_grad_checkpointing_rows_beside_the_plain_ones(tmp_path: Path) -> None:
+    flags = ["--quick", "--no-memory", "--no-forms", "--grad-checkpointing"]
+    records = main([*flags, "--methods", "full", "decoder_only", "lora", "--out", str(tmp_path / "results")])
+    rows = {(r["method"], r["grad_checkpointing"]): r for r in records}
+    assert set(rows) == {("full", False), ("decoder_only", False), ("lora", False), ("full", True), ("lora", True)}
+    for method in ("full", "lora"):
+        plain, checkpointed = rows[method, False], rows[method, True]
+        assert plain["step_time_ratio_vs_no_checkpointing"] == 1.0
+        assert checkpointed["trainable_params"] == plain["trainable_params"]
+        # every ratio is against a run without checkpointing
+        assert checkpointed["step_time_ratio_vs_no_checkpointing"] == pytest.approx(
+            checkpointed["step_time_s"] / plain["step_time_s"]
+        )
+        assert checkpointed["step_time_ratio_vs_decoder_only"] == pytest.approx(
+            checkpointed["step_time_s"] / rows["decoder_only", False]["step_time_s"]
+        )
+        assert checkpointed["merged_latency_s"] is None  # inference is the plain row's
+    assert "| vit_tiny_patch16_224 | lora | yes |" in (tmp_path / "results.md").read_text()

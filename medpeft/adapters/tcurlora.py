@@ -20,7 +20,8 @@ autocast off.
 Unlike the public reference code, which writes the reconstruction into ``param.data`` once (so ``U``
 never receives a gradient), the delta here is recomputed from ``dU`` in every forward pass, once per group:
 the first member layer to run computes the whole group's delta and the others reuse it until the
-forward pass of the injected module ends.
+forward pass of the injected module ends. Blocks that gradient checkpointing recomputes in the backward pass
+rebuild the factors from ``dU`` instead, once per backward pass (:meth:`TCURGroup._once_per_pass` says why).
 
 A fused attention ``qkv`` layer (weight ``[3 d, d]``) contributes its q, k and v squares as three members,
 so on a ViT every block's q, k, v and output projection share one ``[4 * depth, d, d]`` tensor, as in the
@@ -54,6 +55,7 @@ import torch
 from torch import nn
 
 from medpeft.adapters.base import AdapterLayer, full_precision, register_adapter, replace_module
+from medpeft.adapters.recomputation import in_backward_pass, saved_outside_checkpoints
 
 __all__ = [
     "TCURGroup",
@@ -163,6 +165,7 @@ class TCURGroup(nn.Module):
         )
         self._per_pass: dict[str, tuple[torch.Tensor, ...]] = {}  # member deltas / left factors of this forward pass
         self.caching = False
+        self._recomputed: dict[str, torch.Tensor] = {}  # the same unsplit, rebuilt for blocks recomputed in backward
 
     @staticmethod
     def _right_factor(cur_R: torch.Tensor) -> torch.Tensor:
@@ -225,15 +228,35 @@ class TCURGroup(nn.Module):
         return self._once_per_pass("left", self.compute_left_factors)
 
     def _once_per_pass(self, key: str, compute: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """``compute()`` split along the members, kept for the rest of the forward pass while one runs."""
-        if not self.caching:
-            return compute().unbind(0)
-        if key not in self._per_pass:
-            self._per_pass[key] = compute().unbind(0)
-        return self._per_pass[key]
+        """``compute()`` split along the members, kept for the rest of the forward pass while one runs.
+
+        Under gradient checkpointing (:mod:`medpeft.models.checkpointing`) a block's forward runs again in the
+        backward pass, after the pass that cached the factors has ended (or, were a backward run inside another
+        forward, with that pass's factors cached). A recomputation therefore never reads the forward pass's cache: the
+        first recomputed member rebuilds the factors from ``dU`` (which cannot change between a forward and its
+        backward, so they are the ones the first run used) and the others reuse them until the next forward pass
+        starts. The building is kept out of the checkpoint's books (:func:`saved_outside_checkpoints`): the first run of
+        a block may have found the factors cached where its recomputation builds them, and the checkpoint expects
+        both runs to save the same tensors. The gradient reaches ``dU`` through the first run's graph; a
+        recomputation only restores the values a block's backward reads, so the rebuilt factors are kept without a
+        graph (which would also outlive the backward pass) but with the same ``requires_grad``, on which what a block
+        saves depends.
+        """
+        with saved_outside_checkpoints():
+            if in_backward_pass():
+                if key not in self._recomputed:
+                    factors = compute()
+                    self._recomputed[key] = factors.detach().requires_grad_(factors.requires_grad)
+                return self._recomputed[key].unbind(0)
+            if not self.caching:
+                return compute().unbind(0)
+            if key not in self._per_pass:
+                self._per_pass[key] = compute().unbind(0)
+            return self._per_pass[key]
 
     def start_forward_pass(self) -> None:
         self._per_pass, self.caching = {}, True
+        self._recomputed = {}  # the last backward pass is over: free its factors
 
     def end_forward_pass(self) -> None:
         self._per_pass, self.caching = {}, False

@@ -6,6 +6,8 @@ Example:
 
         python scripts/benchmark.py                       # the four encoders at 224 px, all methods
         python scripts/benchmark.py --quick               # a smoke test: vit_tiny at 64 px, 2 rounds
+        python scripts/benchmark.py --encoders vit_base_patch16_224 --methods full lora trm tcurlora \
+            --grad-checkpointing                          # each method also with the encoder checkpointed
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tqdm.auto import tqdm
 from medpeft.benchmark.forms import form_step_times
 from medpeft.benchmark.measure import interleaved_step_times, merged_latency, peak_training_memory_mb
 from medpeft.benchmark.report import build_form_records, build_records, machine_facts, render_markdown, write_results
-from medpeft.benchmark.setups import METHODS, build_setup
+from medpeft.benchmark.setups import METHODS, build_setup, variant_key
 
 __all__ = ["build_parser", "main"]
 
@@ -53,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-forms", action="store_true", help="skip timing TRM / tCURLoRA with every layer forced into one form"
     )
+    parser.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="also measure every method but decoder_only with the encoder's blocks recomputed in the backward pass",
+    )
     parser.add_argument("--out", default="benchmarks/results", help="output path without suffix")
     parser.add_argument("--quick", action="store_true", help="smoke test: vit_tiny, 64 px, batch 2, 1 + 1 rounds")
     return parser
@@ -75,21 +82,30 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         device = torch.device(args.device)
     batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
     methods = [m for m in METHODS if m in args.methods]
+    # (method, encoder checkpointed); decoder_only's frozen encoder keeps no activations to recompute
+    variants = [(m, False) for m in methods]
+    if args.grad_checkpointing:
+        variants += [(m, True) for m in methods if m != "decoder_only"]
     settings = {"img_size": args.img_size, "batch_size": batch_size, "iters": args.iters, "warmup": args.warmup}
     records: list[dict[str, Any]] = []
     forms: list[dict[str, Any]] = []
     for encoder in tqdm(args.encoders, desc="encoders"):
-        setups = [build_setup(encoder, method, args.img_size, device) for method in methods]
-        params = {s.method: (s.trainable_params, s.adapter_params) for s in setups}
+        setups = [build_setup(encoder, m, args.img_size, device, grad_checkpointing=c) for m, c in variants]
+        params = {s.key: (s.trainable_params, s.adapter_params) for s in setups}
         steps = interleaved_step_times(setups, batch_size, args.img_size, args.iters, args.warmup)
-        merged = merged_latency(setups, batch_size, args.img_size, args.iters, args.warmup)
-        del setups
+        plain = [s for s in setups if not s.grad_checkpointing]  # checkpointing changes nothing at inference
+        merged = merged_latency(plain, batch_size, args.img_size, args.iters, args.warmup)
+        del setups, plain
         memory: dict[str, float | None] = {}
-        for method in methods:
-            memory[method] = (
-                None if args.no_memory else peak_training_memory_mb(encoder, method, args.img_size, batch_size, device)
+        for method, checkpointed in variants:
+            memory[variant_key(method, checkpointed)] = (
+                None
+                if args.no_memory
+                else peak_training_memory_mb(
+                    encoder, method, args.img_size, batch_size, device, grad_checkpointing=checkpointed
+                )
             )
-        records += build_records(encoder, device, settings, params, steps, merged, memory)
+        records += build_records(encoder, device, settings, variants, params, steps, merged, memory)
         if not args.no_forms:
             timings = form_step_times(encoder, methods, args.img_size, batch_size, args.iters, args.warmup, device)
             forms += build_form_records(encoder, timings)

@@ -6,7 +6,8 @@ by ``torch.cuda.synchronize`` on a GPU. Round ``k`` runs one step of every metho
 rounds are not timed. Peak memory is measured per method in a fresh process: on a GPU
 ``torch.cuda.max_memory_allocated`` over the steps (weights, gradients, optimizer state and activations); on a CPU
 (Linux) the peak resident size during the steps (``VmHWM``, reset through ``/proc/self/clear_refs`` just before them)
-minus the resident size before them: gradients, optimizer state and activations, not the weights.
+minus the resident size before them: gradients, optimizer state and activations, not the weights. Timings are keyed
+by :attr:`~medpeft.benchmark.setups.MethodSetup.key` (the method, marked when its encoder is checkpointed).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def interleaved_step_times(
     """Seconds of each training step, ``iters`` timed rounds over all methods after ``warmup`` untimed ones."""
     device = next(setups[0].net.parameters()).device
     image, label = _batch(batch_size, img_size, device)
-    steps = {setup.method: training_step(setup, image, label) for setup in setups}
+    steps = {setup.key: training_step(setup, image, label) for setup in setups}
     timing = Timing({method: [] for method in steps})
     for round_ in range(warmup + iters):
         for method, step in steps.items():
@@ -95,13 +96,13 @@ def merged_latency(setups: list[MethodSetup], batch_size: int, img_size: int, it
     for setup in setups:
         setup.merge()
         setup.net.eval()
-    timing = Timing({setup.method: [] for setup in setups})
+    timing = Timing({setup.key: [] for setup in setups})
     with torch.no_grad(), _autocast(device):
         for round_ in range(warmup + iters):
             for setup in setups:
                 seconds = _time(partial(setup.net, image), device)
                 if round_ >= warmup:
-                    timing[setup.method].append(seconds)
+                    timing[setup.key].append(seconds)
     return timing
 
 
@@ -113,9 +114,11 @@ def _status_mib(field: str) -> float:
     return int(match.group(1)) / 1024
 
 
-def _peak_in_this_process(encoder: str, method: str, img_size: int, batch_size: int, device: str, steps: int) -> float:
+def _peak_in_this_process(
+    encoder: str, method: str, img_size: int, batch_size: int, device: str, steps: int, grad_checkpointing: bool
+) -> float:
     target = torch.device(device)
-    setup = build_setup(encoder, method, img_size, target)
+    setup = build_setup(encoder, method, img_size, target, grad_checkpointing=grad_checkpointing)
     image, label = _batch(batch_size, img_size, target)
     step = training_step(setup, image, label)
     if target.type == "cuda":
@@ -132,9 +135,18 @@ def _peak_in_this_process(encoder: str, method: str, img_size: int, batch_size: 
 
 
 def peak_training_memory_mb(
-    encoder: str, method: str, img_size: int, batch_size: int, device: torch.device, steps: int = 2
+    encoder: str,
+    method: str,
+    img_size: int,
+    batch_size: int,
+    device: torch.device,
+    steps: int = 2,
+    grad_checkpointing: bool = False,
 ) -> float:
-    """Peak training memory of ``method`` in MiB, measured in a freshly spawned process (see the module docstring)."""
+    """Peak training memory of ``method`` in MiB, measured in a freshly spawned process (see the module docstring);
+    ``grad_checkpointing``: with the encoder's blocks recomputed in the backward pass."""
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        job = pool.submit(_peak_in_this_process, encoder, method, img_size, batch_size, str(device), steps)
+        job = pool.submit(
+            _peak_in_this_process, encoder, method, img_size, batch_size, str(device), steps, grad_checkpointing
+        )
         return float(job.result())

@@ -6,13 +6,17 @@ it was saved from.
 
 from __future__ import annotations
 
+import logging
+
 from torch import nn
 
 from medpeft.adapters import inject_adapters
 from medpeft.experiment.config import AdapterConfig, Config
-from medpeft.models import build_segmenter
+from medpeft.models import build_segmenter, enable_grad_checkpointing
 
 __all__ = ["apply_finetuning", "segmenter_from_config"]
+
+_logger = logging.getLogger(__name__)
 
 
 def apply_finetuning(net: nn.Module, adapter: AdapterConfig) -> list[str]:
@@ -51,8 +55,11 @@ def segmenter_from_config(cfg: Config, pretrained: bool | str | None = None) -> 
     Args:
         cfg: A validated config.
         pretrained: Overrides ``model.pretrained``, e.g. ``False`` when a checkpoint is loaded next.
+
+    Raises:
+        ValueError: ``model.grad_checkpointing`` is set and the encoder cannot be checkpointed.
     """
-    return build_segmenter(
+    net = build_segmenter(
         encoder=cfg.model.encoder,
         pretrained=cfg.model.pretrained if pretrained is None else pretrained,
         decoder=cfg.model.decoder,
@@ -61,3 +68,7 @@ def segmenter_from_config(cfg: Config, pretrained: bool | str | None = None) -> 
         img_size=cfg.data.image_size,
         decoder_channels=cfg.model.decoder_channels,
     )
+    if cfg.model.grad_checkpointing:
+        how = enable_grad_checkpointing(net.encoder)
+        _logger.info("Gradient checkpointing of the %s encoder through %s.", cfg.model.encoder, how)
+    return net

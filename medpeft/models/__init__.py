@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from medpeft.models.checkpointing import enable_grad_checkpointing
 from medpeft.models.complexity import count_parameters, measure_gflops
 from medpeft.models.decoders import LinearDecoder, UNetDecoder, UNETRDecoder
 from medpeft.models.encoder import TimmEncoder
@@ -22,6 +23,7 @@ __all__ = [
     "UNetDecoder",
     "build_segmenter",
     "count_parameters",
+    "enable_grad_checkpointing",
     "encoder_state_dict_for_timm",
     "load_pretrained_decoder",
     "load_pretrained_encoder",

@@ -1,8 +1,9 @@
 """Worker of ``test_ddp.py``: train each adapter method 3 steps under Lightning DDP (2 CPU processes, gloo) and
-save every rank's trainable tensors to ``<out>/<method>-rank<r>.safetensors``.
+save every rank's trainable tensors to ``<out>/<method>-rank<r>.safetensors``; with ``--grad-checkpointing`` the
+encoder is checkpointed (:func:`medpeft.models.enable_grad_checkpointing`).
 
 Lightning's DDP launcher re-runs this file once for rank 1 (``LOCAL_RANK=1``), as it does ``scripts/train.py``.
-Usage: ``python ddp_adapters.py OUT_DIR``.
+Usage: ``python ddp_adapters.py OUT_DIR [--grad-checkpointing]``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from medpeft.experiment.config import AdapterConfig
 from medpeft.experiment.network import apply_finetuning
-from medpeft.models import build_segmenter
+from medpeft.models import build_segmenter, enable_grad_checkpointing
 from medpeft.training.module import SegmentationModule
 
 OPTIONS = {"lora": {"rank": 2}, "trm": {"rank": 2}, "tcurlora": {"rank": 2}}
@@ -34,10 +35,12 @@ class SaveTrainable(pl.Callback):
         save_file(tensors, self.path_pattern.format(rank=trainer.global_rank))
 
 
-def main(out: Path) -> None:
+def main(out: Path, grad_checkpointing: bool) -> None:
     for method, options in OPTIONS.items():
         pl.seed_everything(0, workers=True)
         net = build_segmenter("vit_tiny_patch16_224", in_channels=3, num_classes=2, img_size=32, decoder="linear")
+        if grad_checkpointing:
+            enable_grad_checkpointing(net.encoder)
         apply_finetuning(net, AdapterConfig(method=method, targets=["attn", "mlp"], **options))
         generator = torch.Generator().manual_seed(0)
         data = [
@@ -62,4 +65,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), "--grad-checkpointing" in sys.argv[2:])
