@@ -3,10 +3,8 @@ rebuilds the network exactly, with the decoder ``auto`` picks and the family's p
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -17,21 +15,8 @@ from medpeft.experiment.config import load_config
 from medpeft.experiment.task_file import load_task
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "data.image_size=32",
-    "data.batch_size=4",
-    "data.augmentation=none",
-    "model.pretrained=false",
-    "model.decoder=auto",
-    "trainer.max_steps=2",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.accelerator=cpu",
-    "trainer.enable_model_summary=false",
-    "trainer.enable_progress_bar=false",
-    "postprocess.min_component_size=0",
-]
+# a tiny run (tests/conftest.py) with the decoder the family picks and no post-processing search
+FAMILY_OVERRIDES = ["model.decoder=auto", "postprocess.min_component_size=0"]
 
 # (timm encoder, family, method, targets, decoder auto picks); one adapter method per family, all three covered
 FAMILY_RUNS = [
@@ -46,24 +31,25 @@ FAMILY_RUNS = [
 
 
 @pytest.fixture(scope="module")
-def train_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_demo_isic(tmp_path_factory.mktemp("data") / "demo")
 
 
 @pytest.mark.parametrize(("encoder", "family", "method", "targets", "decoder"), FAMILY_RUNS)
 def test_two_step_run_per_family(
-    train_script, demo_root: Path, tmp_path: Path, encoder: str, family: str, method: str, targets: str, decoder: str
+    train_script,
+    tiny_run: list[str],
+    demo_root: Path,
+    tmp_path: Path,
+    encoder: str,
+    family: str,
+    method: str,
+    targets: str,
+    decoder: str,
 ) -> None:
     overrides = [
-        *TINY,
+        *tiny_run,
+        *FAMILY_OVERRIDES,
         f"data.root={demo_root}",
         f"output_dir={tmp_path}",
         f"model.encoder={encoder}",

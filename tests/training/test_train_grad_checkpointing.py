@@ -3,7 +3,6 @@ writes everything a run writes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,27 +15,10 @@ from medpeft.experiment.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
-# 32 px, batch 4, two training steps, one validation batch (as tests/training/test_train_script.py's runs)
-TINY = [
-    "data.image_size=32",
-    "data.batch_size=4",
-    "data.augmentation=none",
-    "model.pretrained=false",
-    "trainer.max_steps=2",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.accelerator=cpu",
-    "trainer.enable_model_summary=false",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1",
-]
 
-
-def test_checkpointed_tcurlora_run_is_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
-    train_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_script)
+def test_checkpointed_tcurlora_run_is_complete(
+    train_script, tiny_run: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     enabled = []
     real = network.enable_grad_checkpointing
 
@@ -47,7 +29,7 @@ def test_checkpointed_tcurlora_run_is_complete(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(network, "enable_grad_checkpointing", spy)
     monkeypatch.chdir(tmp_path)
     demo = generate_demo_isic(tmp_path / "demo")
-    overrides = [*TINY, f"data.root={demo}", "output_dir=runs", "model.grad_checkpointing=true"]
+    overrides = [*tiny_run, f"data.root={demo}", "output_dir=runs", "model.grad_checkpointing=true"]
 
     run_dir = train_script.main(["--config", str(REPO / "configs" / "demo_tcur.yaml"), "--set", *overrides])
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import itertools
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -30,32 +28,6 @@ METRIC_KEYS = {
     "n_excluded", "trainable_fraction", "flop_convention", "adapter_file_bytes", "train_images_per_second",
 }  # fmt: skip
 
-# 32 px, batch 4, two training batches and one validation batch (the test split is always scored whole): a few
-# seconds per run on CPU.
-TINY = [
-    "data.image_size=32",
-    "data.batch_size=4",
-    "data.augmentation=none",
-    "model.pretrained=false",
-    "trainer.max_steps=2",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.accelerator=cpu",
-    "trainer.enable_model_summary=false",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1",
-]
-
-
-@pytest.fixture(scope="module")
-def train_script() -> ModuleType:
-    """``scripts/train.py`` imported as a module, so tests call its ``main`` without a subprocess."""
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -73,10 +45,10 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ],
 )
 def test_tiny_run_per_mode(
-    train_script, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str, method: str
+    train_script, tiny_run, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str, method: str
 ) -> None:
     monkeypatch.chdir(tmp_path)  # a relative output_dir, as in the shipped configs
-    overrides = [*TINY, f"data.root={demo_root}", "output_dir=runs"]
+    overrides = [*tiny_run, f"data.root={demo_root}", "output_dir=runs"]
     run_dir = train_script.main(["--config", str(REPO / "configs" / config), "--set", *overrides])
 
     assert run_dir == Path("runs") / Path(config).stem / run_dir.name
@@ -174,11 +146,11 @@ def test_tasks_of_one_slurm_job_share_a_run_dir(tmp_path: Path, monkeypatch: pyt
 
 
 def test_skipped_cases_are_listed_counted_and_left_out_of_the_test(
-    train_script, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    train_script, tiny_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = generate_demo_isic(tmp_path / "demo")
     config = REPO / "configs" / "demo_decoder_only.yaml"
-    overrides = [*TINY, f"data.root={root}", "output_dir=runs", "data.bad_cases=skip"]
+    overrides = [*tiny_run, f"data.root={root}", "output_dir=runs", "data.bad_cases=skip"]
     data = datamodule_from_config(load_config(config, overrides))
     data.setup()
     broken_cases = {"train": data.split["train"][3], "test": data.split["test"][0]}  # one each side of training
@@ -203,10 +175,10 @@ def test_skipped_cases_are_listed_counted_and_left_out_of_the_test(
 
 
 def test_label_budget_reaches_the_run(
-    train_script, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    train_script, tiny_run, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    overrides = [*TINY, f"data.root={demo_root}", "output_dir=runs", "data.train_cases=12"]
+    overrides = [*tiny_run, f"data.root={demo_root}", "output_dir=runs", "data.train_cases=12"]
     run_dir = train_script.main(["--config", str(REPO / "configs" / "demo_lora.yaml"), "--set", *overrides])
     split = json.loads((run_dir / "split.json").read_text())
     assert [len(split[name]) for name in ("train", "val", "test")] == [12, 45, 45]
