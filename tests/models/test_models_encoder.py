@@ -119,7 +119,10 @@ def test_patch14_maps_are_decoded_at_stride_16() -> None:
 
     net = build_segmenter("vit_small_patch14_reg4_dinov2", img_size=112, num_classes=3)
     assert net.encoder.reductions == [14] * 4 and net.decoder.grid_stride == 16
+    seen = []
+    net.decoder.stages[0].register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape[-2:])))
     assert tuple(net(torch.rand(1, 3, 112, 112)).shape) == (1, 3, 112, 112)
+    assert seen == [(7, 7)]  # the bottleneck enters the first x2 stage on the stride-16 grid, not the 8 x 8 tokens
     with pytest.raises(ValueError, match=r"feature stride 14, decoded at stride 16.*multiple of 16; got 126"):
         build_segmenter("vit_small_patch14_reg4_dinov2", img_size=126)
 
