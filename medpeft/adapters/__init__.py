@@ -1,4 +1,5 @@
-"""Adapters for parameter-efficient fine-tuning: LoRA, TRM (TLoRA) and tCURLoRA.
+"""Adapters for parameter-efficient fine-tuning: LoRA, TRM (TLoRA), tCURLoRA and the baselines they are measured
+against (``medpeft/adapters/methods.py`` lists them), all behind one registry (:data:`ADAPTERS`).
 
 >>> import timm
 >>> from medpeft.adapters import inject_adapters
@@ -9,14 +10,26 @@
 
 from __future__ import annotations
 
-from medpeft.adapters.base import ADAPTERS, AdapterLayer, register_adapter
+from medpeft.adapters.base import (
+    ADAPTERS,
+    AdapterLayer,
+    AdapterMethod,
+    AdapterModule,
+    get_adapter_method,
+    register_adapter,
+)
+from medpeft.adapters.budget import BudgetMatch, adapter_parameter_count, match_budget
 from medpeft.adapters.inject import (
     PRESETS,
     adapter_layers,
+    adapter_method_of,
+    adapter_modules,
     adapter_parameters,
     inject_adapters,
     merge_adapters,
+    prepare_adapters,
     regularization_loss,
+    step_adapters,
     tcurlora_groups,
     unmerge_adapters,
 )
@@ -29,6 +42,9 @@ __all__ = [
     "ADAPTERS",
     "PRESETS",
     "AdapterLayer",
+    "AdapterMethod",
+    "AdapterModule",
+    "BudgetMatch",
     "LoRAConfig",
     "LoRALayer",
     "TCURGroup",
@@ -37,15 +53,22 @@ __all__ = [
     "TRMConfig",
     "TRMLayer",
     "adapter_layers",
+    "adapter_method_of",
+    "adapter_modules",
+    "adapter_parameter_count",
     "adapter_parameters",
     "adapter_state_dict",
+    "get_adapter_method",
     "inject_adapters",
     "load_adapter",
     "load_adapter_state_dict",
+    "match_budget",
     "merge_adapters",
+    "prepare_adapters",
     "register_adapter",
     "regularization_loss",
     "save_adapter",
+    "step_adapters",
     "tcurlora_groups",
     "unmerge_adapters",
 ]

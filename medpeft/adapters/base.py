@@ -1,6 +1,12 @@
-"""The adapter contract shared by LoRA, TRM and tCURLoRA, and the registry of adapter methods.
+"""The adapter contract shared by every method, and the registry of adapter methods.
 
-An adapter wraps a frozen ``nn.Linear`` or ``nn.Conv2d`` (kept as ``.base_layer``) and adds a learned
+Every module a method adds to a model is an :class:`AdapterModule`: its parameters (outside its ``base_layer``, the
+frozen module it wraps, if any) are the adapter parameters that train, and its state (those parameters and its
+persistent buffers) is what the adapter file holds. Methods that train some of the model's own tensors instead
+(BitFit's biases, normalisation tuning) name them when they are applied (see :class:`AdapterMethod`). Layer types of
+other libraries (``peft``'s tuner layers) join through :func:`register_adapter_module_type`.
+
+A weight adapter (:class:`AdapterLayer`) wraps a frozen ``nn.Linear`` or ``nn.Conv2d`` (kept as ``.base_layer``) and adds a learned
 ``delta_weight()`` of exactly the base weight's shape, so that ``merge()`` can fold it into the plain
 layer (zero inference overhead) and ``unmerge()`` can take it out again. The layout follows peft's
 ``LycorisLayer`` trimmed to a single adapter per layer (see ../shared/STYLE.md, section 2 of "adopt").
@@ -29,17 +35,66 @@ __all__ = [
     "ADAPTERS",
     "AdapterLayer",
     "AdapterMethod",
+    "AdapterModule",
+    "adapter_module_types",
     "full_precision",
     "get_adapter_method",
     "register_adapter",
+    "register_adapter_module_type",
     "replace_module",
     "supported_base_layer",
+    "weight_layer_refusal",
 ]
 
 
+class AdapterModule(nn.Module):
+    """Marker base of every module an adapter method adds; see the module docstring.
+
+    A subclass that wraps a frozen module keeps it as ``self.base_layer``; everything else it holds is the adapter.
+    """
+
+
+_MODULE_TYPES: list[type] = [AdapterModule]
+
+
+def register_adapter_module_type(module_type: type) -> None:
+    """Count modules of ``module_type`` (another library's adapter layers) as adapter modules."""
+    if module_type not in _MODULE_TYPES:
+        _MODULE_TYPES.append(module_type)
+
+
+def adapter_module_types() -> tuple[type, ...]:
+    """The module types whose non-``base_layer`` parameters and buffers are adapter state."""
+    return tuple(_MODULE_TYPES)
+
+
 def supported_base_layer(module: nn.Module) -> bool:
-    """Whether ``module`` is a layer type every adapter method can wrap."""
-    return isinstance(module, (nn.Linear, nn.Conv2d)) and not isinstance(module, AdapterLayer)
+    """Whether ``module`` is a layer type a weight adapter (:class:`AdapterLayer`) can wrap."""
+    return isinstance(module, (nn.Linear, nn.Conv2d)) and not isinstance(module, adapter_module_types())
+
+
+def weight_layer_refusal(name: str, module: nn.Module) -> str | None:
+    """Why a weight adapter cannot wrap ``module`` (``None`` when it can): the default :attr:`AdapterMethod.refuse`.
+
+    The reason reads after "matched": ``"'blocks.0.attn', a Attention; ..."``.
+
+    Args:
+        name: The module's qualified name, quoted in the reason.
+        module: The matched module.
+    """
+    if not supported_base_layer(module):
+        return (
+            f"{name!r}, a {type(module).__name__}; this method wraps nn.Linear and nn.Conv2d only: make the pattern "
+            "name the layer itself (e.g. 'attn.qkv', not 'attn')"
+        )
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        return (
+            f"{name!r}, a grouped convolution (groups={module.groups}"
+            f"{', depthwise' if module.groups == module.in_channels else ''}); this method wraps convolutions with "
+            "groups=1 only: name the pointwise layers instead (EfficientNet conv_pw / conv_pwl, ConvNeXt mlp.fc1 "
+            "/ mlp.fc2)"
+        )
+    return None
 
 
 def full_precision(device: torch.device) -> torch.autocast:
@@ -47,7 +102,7 @@ def full_precision(device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-class AdapterLayer(nn.Module):
+class AdapterLayer(AdapterModule):
     """A frozen base layer plus a trainable additive weight delta.
 
     Subclasses implement :meth:`compute_delta_weight`; they may override :meth:`forward` with a cheaper
@@ -194,34 +249,67 @@ class AdapterLayer(nn.Module):
         return None
 
 
+Matches = list[tuple[str, nn.Module, str]]
+
+
 @dataclass(frozen=True)
 class AdapterMethod:
-    """A registered adapter method.
+    """A registered adapter method: how it is applied and the facts the rest of medpeft asks of it.
 
     Args:
-        name: lower-case name used in configs (``"lora"``).
-        config_cls: dataclass holding and validating the method's options.
-        apply: ``apply(root, matches, config) -> None`` replaces each matched ``(name, module, pattern)``
-            in ``root`` by its adapter layer.
+        name: Lower-case name used in configs (``"lora"``).
+        config_cls: Dataclass holding and validating the method's options.
+        apply: ``apply(root, matches, config) -> list[str] | None`` changes ``root`` for the matched
+            ``(name, module, pattern)`` (wrapping each layer, or inserting modules); it may return the qualified names
+            of ``root``'s own parameters that train too (BitFit's biases), ``None`` when there are none.
+        size_knob: The option of ``config_cls`` that sets the adapter's size (``"rank"``, ``"bottleneck"``), which
+            ``adapter.budget`` chooses; ``None`` for methods of fixed size (BitFit).
+        merge_refusal: ``None`` when :func:`~medpeft.adapters.merge_adapters` can fold the method into the plain
+            network, otherwise why it cannot (shown to the user).
+        refuse: ``refuse(name, module) -> str | None``: why a matched module cannot take this method (``None``: it
+            can); by default :func:`weight_layer_refusal`.
+        encoder_lr_scale: ``optim.encoder_lr`` is ``optim.lr`` times this when the config leaves it unset.
+        adapt_norm: Default of ``adapter.adapt_norm`` (whether the encoder's BatchNorm statistics follow the data).
+        cleanup: ``cleanup(root)`` removes what ``apply`` added besides the wrapped layers (shared modules, hooks);
+            run when injection fails halfway and when adapters are unloaded.
+        on_step: ``on_step(root, global_step)`` after every optimizer step, before gradients are zeroed (AdaLoRA's
+            rank allocator); ``None`` for most methods.
+        prepare: ``prepare(root, total_steps)`` once before training (AdaLoRA's schedule needs the step count).
+        regularization: ``regularization(root) -> Tensor | None``, a penalty added to the loss with
+            ``adapter.reg_weight`` besides the layers' own (AdaLoRA's orthogonality term).
+        source: Who implements it: ``"medpeft"`` or ``"peft"`` (shown in tables).
+        summary: One line for tables and ``--help``.
     """
 
     name: str
     config_cls: type
-    apply: Callable[[nn.Module, list[tuple[str, nn.Module, str]], Any], None]
+    apply: Callable[[nn.Module, Matches, Any], list[str] | None]
+    size_knob: str | None = None
+    merge_refusal: str | None = None
+    refuse: Callable[[str, nn.Module], str | None] = weight_layer_refusal
+    encoder_lr_scale: float = 10.0
+    adapt_norm: bool = True
+    cleanup: Callable[[nn.Module], None] | None = None
+    on_step: Callable[[nn.Module, int], None] | None = None
+    prepare: Callable[[nn.Module, int], None] | None = None
+    regularization: Callable[[nn.Module], torch.Tensor | None] | None = None
+    source: str = "medpeft"
+    summary: str = ""
 
 
 ADAPTERS: dict[str, AdapterMethod] = {}
 
 
-def register_adapter(name: str, config_cls: type) -> Callable:
-    """Decorator registering ``apply`` under ``name`` (lower-case, unique)."""
+def register_adapter(name: str, config_cls: type, **facts: Any) -> Callable:
+    """Decorator registering ``apply`` under ``name`` (lower-case, unique); ``facts`` are the other fields of
+    :class:`AdapterMethod`."""
     if name != name.lower() or not name.isidentifier():
         raise ValueError(f"adapter names must be lower-case identifiers, got {name!r}")
     if name in ADAPTERS:
         raise ValueError(f"adapter {name!r} is already registered")
 
     def decorator(apply: Callable) -> Callable:
-        ADAPTERS[name] = AdapterMethod(name=name, config_cls=config_cls, apply=apply)
+        ADAPTERS[name] = AdapterMethod(name=name, config_cls=config_cls, apply=apply, **facts)
         return apply
 
     return decorator

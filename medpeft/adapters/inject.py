@@ -27,23 +27,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from medpeft.adapters import lora as _lora  # noqa: F401  (registers "lora")
-from medpeft.adapters import tcurlora as _tcurlora  # noqa: F401  (registers "tcurlora")
-from medpeft.adapters import trm as _trm  # noqa: F401  (registers "trm")
-from medpeft.adapters.base import AdapterLayer, get_adapter_method, replace_module, supported_base_layer
-from medpeft.adapters.tcurlora import GROUPS_ATTRIBUTE, TCURGroup, remove_tcurlora_groups
+from medpeft.adapters import methods as _methods  # noqa: F401  (registers every shipped method)
+from medpeft.adapters.base import (
+    AdapterLayer,
+    AdapterMethod,
+    adapter_module_types,
+    get_adapter_method,
+    replace_module,
+    supported_base_layer,
+)
+from medpeft.adapters.tcurlora import GROUPS_ATTRIBUTE, TCURGroup
 
 __all__ = [
     "ADAPTER_RECORD_ATTRIBUTE",
     "PRESETS",
     "adapter_layers",
+    "adapter_method_of",
+    "adapter_modules",
     "adapter_parameters",
     "block_indices",
     "inject_adapters",
     "merge_adapters",
+    "prepare_adapters",
     "regularization_loss",
     "resolve_targets",
+    "step_adapters",
     "tcurlora_groups",
+    "trained_base_parameters",
     "unmerge_adapters",
 ]
 
@@ -64,6 +74,12 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "conv": ("*layer[1-4].*.conv[1-3]", r"re:(.*\.)?blocks\.\d+\.\d+\.conv_pwl?"),
     "all-linear": ("<all-linear>",),  # every nn.Linear except a classifier head
     "all-conv": ("<all-conv>",),  # every nn.Conv2d with groups=1
+    # the residual blocks themselves (VPT-deep's prompt insertion points) and their attention / MLP sub-modules
+    # (where serial and parallel bottleneck adapters go)
+    "blocks": (r"re:(.*\.)?blocks\.\d+",),
+    "attn-module": (_BLOCK_LAYER + r"attn",),
+    "mlp-module": (_BLOCK_LAYER + r"mlp",),
+    "all": ("<all>",),  # every module (methods that choose their own tensors: BitFit, normalisation tuning)
 }
 
 _BLOCK = re.compile(r"^(.*?(?:^|\.)(?:blocks|layer\d+)\.\d+(?:\.\d+)?)(?:\.|$)")
@@ -84,6 +100,8 @@ def resolve_targets(targets: str | Iterable[str]) -> list[str]:
 
 
 def _matches(name: str, module: nn.Module, pattern: str) -> bool:
+    if pattern == "<all>":
+        return True
     if pattern == "<all-linear>":
         return isinstance(module, nn.Linear) and "head" not in name.split(".")
     if pattern == "<all-conv>":
@@ -111,8 +129,11 @@ def _block_of(name: str, blocks: dict[str, int]) -> int | None:
     return blocks.get(found.group(1)) if found else None
 
 
-def _select(model: nn.Module, patterns: list[str], blocks: list[int] | None) -> list[tuple[str, nn.Module, str]]:
-    """``(name, module, first matching pattern)`` in ``named_modules`` order."""
+def _select(
+    model: nn.Module, patterns: list[str], blocks: list[int] | None, method: AdapterMethod
+) -> list[tuple[str, nn.Module, str]]:
+    """``(name, module, first matching pattern)`` in ``named_modules`` order; a module ``method`` refuses raises,
+    except under the catch-all ``all`` preset, where it is skipped."""
     allowed: set[int] | None = None
     if blocks is not None:
         index = block_indices(model)
@@ -131,22 +152,15 @@ def _select(model: nn.Module, patterns: list[str], blocks: list[int] | None) -> 
         pattern = next((p for p in patterns if _matches(name, module, p)), None)
         if pattern is None:
             continue
-        if isinstance(module, AdapterLayer) or ".base_layer" in f".{name}.":
+        if isinstance(module, adapter_module_types()) or ".base_layer" in f".{name}.":
             raise ValueError(f"module {name!r} already has an adapter; inject adapters once per model")
-        if not supported_base_layer(module):
-            raise ValueError(
-                f"target {pattern!r} matched {name!r}, a {type(module).__name__}; adapters wrap nn.Linear and "
-                "nn.Conv2d only: make the pattern name the layer itself (e.g. 'attn.qkv', not 'attn')"
-            )
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            raise ValueError(
-                f"target {pattern!r} matched {name!r}, a grouped convolution (groups={module.groups}"
-                f"{', depthwise' if module.groups == module.in_channels else ''}); adapters wrap convolutions with "
-                "groups=1 only: name the pointwise layers instead (EfficientNet conv_pw / conv_pwl, ConvNeXt mlp.fc1 "
-                "/ mlp.fc2)"
-            )
         if allowed is not None and block_of[name] not in allowed:
             continue
+        refusal = method.refuse(name, module)
+        if refusal is not None:
+            if pattern in ("<all>", "<all-linear>", "<all-conv>"):
+                continue
+            raise ValueError(f"target {pattern!r} matched {refusal} (method {method.name!r})")
         matches.append((name, module, pattern))
     return matches
 
@@ -194,9 +208,10 @@ def inject_adapters(
     if hasattr(model, ADAPTER_RECORD_ATTRIBUTE):
         raise ValueError("this model already has adapters; inject adapters once per model")
     config = _build_config(method, options)
+    registered = get_adapter_method(method)
     patterns = resolve_targets(targets)
     block_list = None if blocks is None else [int(b) for b in blocks]
-    matches = _select(model, patterns, block_list)
+    matches = _select(model, patterns, block_list, registered)
     if not matches:
         raise ValueError(
             f"targets {list(patterns)} (blocks={block_list}) matched no module; "
@@ -204,20 +219,18 @@ def inject_adapters(
         )
     trainable = {parameter: parameter.requires_grad for parameter in model.parameters()}
     try:
-        get_adapter_method(method).apply(model, matches, config)
+        base_parameters = registered.apply(model, matches, config) or []
     except Exception:
         # all or nothing: a layer refused halfway (say LoRA dropout on a conv subclass) must not leave a
         # half-injected model behind
-        for name, module, _ in matches:
+        for name, module, _ in sorted(matches, key=lambda match: -match[0].count(".")):  # inner modules first
             replace_module(model, name, module)
-        remove_tcurlora_groups(model)
+        if registered.cleanup is not None:
+            registered.cleanup(model)
         for parameter, flag in trainable.items():
             parameter.requires_grad_(flag)
         raise
 
-    model.requires_grad_(False)
-    for parameter in adapter_parameters(model):
-        parameter.requires_grad_(True)
     names = sorted(name for name, _, _ in matches)
     setattr(
         model,
@@ -228,14 +241,41 @@ def inject_adapters(
             "targets": patterns,
             "blocks": block_list,
             "modules": names,
+            "base_parameters": sorted(base_parameters),
         },
     )
+    model.requires_grad_(False)
+    for parameter in adapter_parameters(model):
+        parameter.requires_grad_(True)
     return names
 
 
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
-    """Every adapter layer of ``model`` by qualified name."""
+    """Every weight adapter layer (:class:`AdapterLayer`) of ``model`` by qualified name."""
     return {name: module for name, module in model.named_modules() if isinstance(module, AdapterLayer)}
+
+
+def adapter_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every adapter module of ``model`` (medpeft's and registered foreign types such as peft's layers) by name."""
+    types = adapter_module_types()
+    return {name: module for name, module in model.named_modules() if isinstance(module, types)}
+
+
+def adapter_method_of(model: nn.Module) -> AdapterMethod:
+    """The registered method ``model`` was injected with."""
+    record = getattr(model, ADAPTER_RECORD_ATTRIBUTE, None)
+    if record is None:
+        raise ValueError("this model has no adapters: call inject_adapters(model, ...) first")
+    return get_adapter_method(record["method"])
+
+
+def trained_base_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The model's own parameters that its method trains (BitFit's biases), by qualified name; usually empty."""
+    record = getattr(model, ADAPTER_RECORD_ATTRIBUTE, None)
+    if record is None or not record.get("base_parameters"):
+        return {}
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    return {name: parameters[name] for name in record["base_parameters"]}
 
 
 def tcurlora_groups(model: nn.Module) -> dict[str, TCURGroup]:
@@ -245,16 +285,15 @@ def tcurlora_groups(model: nn.Module) -> dict[str, TCURGroup]:
 
 
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters that belong to adapters, found by module type (never by name), each once."""
+    """Parameters that train under the model's method, each once: those of adapter modules, found by module type
+    (never by name), outside the frozen layers they wrap, plus the model's own tensors the method trains."""
     found: dict[int, nn.Parameter] = {}
-    for module in model.modules():
-        if isinstance(module, AdapterLayer):
-            for name, parameter in module.named_parameters():
-                if not name.startswith("base_layer."):
-                    found[id(parameter)] = parameter
-        elif isinstance(module, TCURGroup):
-            for parameter in module.parameters():
+    for module in adapter_modules(model).values():
+        for name, parameter in module.named_parameters():
+            if not name.startswith("base_layer.") and ".base_layer." not in f".{name}":
                 found[id(parameter)] = parameter
+    for parameter in trained_base_parameters(model).values():
+        found[id(parameter)] = parameter
     return list(found.values())
 
 
@@ -267,32 +306,58 @@ def merge_adapters(model: nn.Module, safe: bool = False, unload: bool = False) -
         unload: also put the plain base layers back in place of the wrappers (an export with no trace of
             medpeft; :func:`unmerge_adapters` is then impossible).
     """
-    layers = adapter_layers(model)
+    if not hasattr(model, ADAPTER_RECORD_ATTRIBUTE):
+        return  # nothing injected (full, decoder_only): already the plain network
+    method = adapter_method_of(model)
+    if method.merge_refusal is not None:
+        raise ValueError(f"{method.name} cannot be merged into the plain network: {method.merge_refusal}")
+    layers = {name: module for name, module in adapter_modules(model).items() if hasattr(module, "merge")}
     groups = tcurlora_groups(model).values()
     for group in groups:  # compute each tCURLoRA group's delta once, not once per member layer
         group.start_forward_pass()
     try:
         for layer in layers.values():
-            layer.merge(safe=safe)
+            layer.merge(safe)  # positional: medpeft's merge(safe) and peft's merge(safe_merge)
     finally:
         for group in groups:
             group.end_forward_pass()
     if unload:
         for name, layer in layers.items():
             replace_module(model, name, layer.base_layer)
-        remove_tcurlora_groups(model)
+        if method.cleanup is not None:
+            method.cleanup(model)
         model.__dict__.pop(ADAPTER_RECORD_ATTRIBUTE, None)
 
 
 def unmerge_adapters(model: nn.Module) -> None:
     """Undo :func:`merge_adapters`."""
-    for layer in adapter_layers(model).values():
-        layer.unmerge()
+    for layer in adapter_modules(model).values():
+        if hasattr(layer, "unmerge"):
+            layer.unmerge()
+
+
+def prepare_adapters(model: nn.Module, total_steps: int) -> None:
+    """Tell the model's method how many optimizer steps training will take (AdaLoRA's schedule); a no-op for most."""
+    record = getattr(model, ADAPTER_RECORD_ATTRIBUTE, None)
+    if record is not None and (prepare := get_adapter_method(record["method"]).prepare) is not None:
+        prepare(model, total_steps)
+
+
+def step_adapters(model: nn.Module, global_step: int) -> None:
+    """Run the method's per-step work after an optimizer step, gradients still present (AdaLoRA's rank allocator)."""
+    record = getattr(model, ADAPTER_RECORD_ATTRIBUTE, None)
+    if record is not None and (on_step := get_adapter_method(record["method"]).on_step) is not None:
+        on_step(model, global_step)
 
 
 def regularization_loss(model: nn.Module) -> torch.Tensor:
-    """The summed adapter regularisers (TRM's identity/orthogonal penalty); a zero scalar otherwise."""
+    """The summed adapter regularisers (TRM's identity/orthogonal penalty, AdaLoRA's orthogonality); a zero scalar
+    for methods without one."""
     terms = [term for layer in adapter_layers(model).values() if (term := layer.regularization()) is not None]
+    record = getattr(model, ADAPTER_RECORD_ATTRIBUTE, None)
+    if record is not None and (penalty := get_adapter_method(record["method"]).regularization) is not None:
+        if (term := penalty(model)) is not None:
+            terms.append(term)
     if terms:
         return torch.stack(terms).sum()
     reference = next(model.parameters(), None)

@@ -99,7 +99,7 @@ class LoRALayer(AdapterLayer):
         return out + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
 
-@register_adapter("lora", LoRAConfig)
+@register_adapter("lora", LoRAConfig, size_knob="rank", summary="low-rank update B A (Hu et al. 2021)")
 def apply_lora(root: nn.Module, matches: list[tuple[str, nn.Module, str]], config: LoRAConfig) -> None:
     """Replace every matched layer of ``root`` by a :class:`LoRALayer`."""
     for name, module, _pattern in matches:

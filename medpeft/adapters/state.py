@@ -1,7 +1,9 @@
 """Adapter-only state dicts and ``.safetensors`` files.
 
-An adapter state dict maps qualified parameter names (relative to the injected module) to tensors:
-the adapter parameters, the tCURLoRA groups' selected ``col_index``/``row_index``, and one extra entry,
+An adapter state dict maps qualified names (relative to the injected module) to tensors: the state of every adapter
+module (its parameters and persistent buffers outside the frozen ``base_layer`` it wraps, e.g. LoRA's factors, the
+tCURLoRA groups' cores and selected ``col_index``/``row_index``, peft's layers), the model's own tensors the method
+trains (BitFit's biases), and one extra entry,
 :data:`CONFIG_KEY`, a ``uint8`` tensor holding JSON metadata (format version, method, options, target
 patterns, block indices, adapted module names). Keeping the metadata inside the dict makes a plain
 ``safetensors.torch.save_file``/``load_file`` round trip self-describing; :func:`save_adapter` also copies
@@ -23,8 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from medpeft.adapters.base import AdapterLayer
-from medpeft.adapters.inject import ADAPTER_RECORD_ATTRIBUTE, tcurlora_groups
+from medpeft.adapters.inject import ADAPTER_RECORD_ATTRIBUTE, adapter_modules, trained_base_parameters
 from medpeft.io import atomic_output
 
 __all__ = [
@@ -68,17 +69,12 @@ def adapter_state_dict(model: nn.Module, norm_stats: bool = False) -> dict[str, 
         norm_stats: Also include the BatchNorm running statistics (when training adapted them).
     """
     state: dict[str, torch.Tensor] = dict(norm_statistics(model)) if norm_stats else {}
-    for name, module in model.named_modules():
-        if isinstance(module, AdapterLayer):
-            for param_name, parameter in module.named_parameters():
-                if not param_name.startswith("base_layer."):
-                    state[f"{name}.{param_name}"] = parameter.detach().clone()
-    for group_name, group in tcurlora_groups(model).items():
-        prefix = f"tcurlora_groups.{group_name}"
-        for param_name, parameter in group.named_parameters():  # tcur_dU_real, tcur_dU_imag (when n3 > 2)
-            state[f"{prefix}.{param_name}"] = parameter.detach().clone()
-        state[f"{prefix}.col_index"] = group.col_index.clone()
-        state[f"{prefix}.row_index"] = group.row_index.clone()
+    for name, module in adapter_modules(model).items():
+        for key, tensor in module.state_dict(keep_vars=True).items():
+            if not key.startswith("base_layer.") and ".base_layer." not in f".{key}":
+                state[f"{name}.{key}"] = tensor.detach().clone()
+    for name, parameter in trained_base_parameters(model).items():
+        state[name] = parameter.detach().clone()
     metadata = json.dumps(_record(model), sort_keys=True).encode()
     state[CONFIG_KEY] = torch.frombuffer(bytearray(metadata), dtype=torch.uint8)
     return state
@@ -98,6 +94,12 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
         only_saved, only_model = sorted(saved_modules - current_modules), sorted(current_modules - saved_modules)
         out.append(f"adapted modules differ (only in file: {only_saved[:4]}, only in model: {only_model[:4]})")
     return out
+
+
+def _is_selection(tensor: torch.Tensor) -> bool:
+    """Whether an adapter buffer is an integer selection made from the frozen weights (tCURLoRA's and CURLoRA's
+    column / row indices), which a loaded file must match rather than overwrite."""
+    return not tensor.is_floating_point() and not tensor.is_complex()
 
 
 def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -127,7 +129,7 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
         for key in sorted(set(expected) & set(tensors)):
             if expected[key].shape != tensors[key].shape:
                 differences.append(f"{key}: saved shape {list(tensors[key].shape)}, model {list(expected[key].shape)}")
-            elif key.endswith(("col_index", "row_index")) and not torch.equal(expected[key], tensors[key]):
+            elif _is_selection(expected[key]) and not torch.equal(expected[key], tensors[key]):
                 differences.append(
                     f"{key}: saved {tensors[key].tolist()}, model {expected[key].tolist()} "
                     "(the base weights differ from those the adapter was trained on)"
@@ -140,9 +142,10 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
         for key, value in stats.items():
             buffers[key.removeprefix(NORM_PREFIX)].copy_(value)
         for key, value in tensors.items():
-            if key.endswith(("col_index", "row_index")):
-                continue
-            parameters[key].copy_(value)
+            if key in parameters:
+                parameters[key].copy_(value)
+            elif not _is_selection(buffers[key]):  # selections were checked equal above
+                buffers[key].copy_(value)
 
 
 def save_adapter(model: nn.Module, path: str | Path, norm_stats: bool = False) -> int:

@@ -54,7 +54,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from medpeft.adapters.base import AdapterLayer, full_precision, register_adapter, replace_module
+from medpeft.adapters.base import AdapterLayer, AdapterModule, full_precision, register_adapter, replace_module
 from medpeft.adapters.recomputation import in_backward_pass, saved_outside_checkpoints
 
 __all__ = [
@@ -125,7 +125,7 @@ def select_cur_indices(spectrum: torch.Tensor, n3: int, rank: int) -> tuple[torc
     return col_index, row_index
 
 
-class TCURGroup(nn.Module):
+class TCURGroup(AdapterModule):
     """One stacked tensor of same-shape members and its trainable Fourier-domain CUR cores.
 
     Args:
@@ -310,7 +310,22 @@ def _member_shape(module: nn.Module, split_qkv: bool, name: str) -> tuple[int, t
     return 1, (rows, cols)
 
 
-@register_adapter("tcurlora", TCURLoRAConfig)
+def remove_tcurlora_groups(root: nn.Module) -> None:
+    """Drop the groups and their forward hooks from ``root`` (after the members were unloaded)."""
+    for handle in root.__dict__.pop(HOOKS_ATTRIBUTE, []):
+        handle.remove()
+    if hasattr(root, GROUPS_ATTRIBUTE):
+        delattr(root, GROUPS_ATTRIBUTE)
+
+
+@register_adapter(
+    "tcurlora",
+    TCURLoRAConfig,
+    size_knob="rank",
+    encoder_lr_scale=100.0,
+    cleanup=remove_tcurlora_groups,
+    summary="tensor CUR in the t-product domain, cores U train (He et al. 2025)",
+)
 def apply_tcurlora(root: nn.Module, matches: list[tuple[str, nn.Module, str]], config: TCURLoRAConfig) -> None:
     """Stack the matched layers into groups, build each group's CUR cores, and wrap every member layer.
 
@@ -344,14 +359,6 @@ def apply_tcurlora(root: nn.Module, matches: list[tuple[str, nn.Module, str]], c
         root.register_load_state_dict_post_hook(_refresh_after_load),
     ]
     root.__dict__[HOOKS_ATTRIBUTE] = handles
-
-
-def remove_tcurlora_groups(root: nn.Module) -> None:
-    """Drop the groups and their forward hooks from ``root`` (after the members were unloaded)."""
-    for handle in root.__dict__.pop(HOOKS_ATTRIBUTE, []):
-        handle.remove()
-    if hasattr(root, GROUPS_ATTRIBUTE):
-        delattr(root, GROUPS_ATTRIBUTE)
 
 
 # Hooks look the groups up on the module they are called with, so they stay right on a deep copy.

@@ -361,7 +361,7 @@ class TRMLayer(AdapterLayer):
         return None
 
 
-@register_adapter("trm", TRMConfig)
+@register_adapter("trm", TRMConfig, size_knob="rank", summary="TLoRA transform + tensor-ring residual")
 def apply_trm(root: nn.Module, matches: list[tuple[str, nn.Module, str]], config: TRMConfig) -> None:
     """Replace every matched layer of ``root`` by a :class:`TRMLayer`."""
     for name, module, _pattern in matches:

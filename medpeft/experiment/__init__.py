@@ -14,10 +14,11 @@ neither has to import the other's building blocks (``training`` uses ``evaluatio
 from __future__ import annotations
 
 from medpeft.experiment.config import (
-    PEFT_METHODS,
+    TRAINING_MODES,
     AdapterConfig,
     Config,
     ConfigError,
+    is_adapter_method,
     DataConfig,
     ModelConfig,
     OptimConfig,
@@ -27,10 +28,11 @@ from medpeft.experiment.config import (
 from medpeft.experiment.network import apply_finetuning, segmenter_from_config
 
 __all__ = [
-    "PEFT_METHODS",
+    "TRAINING_MODES",
     "AdapterConfig",
     "Config",
     "ConfigError",
+    "is_adapter_method",
     "DataConfig",
     "ModelConfig",
     "OptimConfig",

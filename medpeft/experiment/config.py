@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import os
@@ -28,14 +29,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from medpeft.adapters import ADAPTERS, get_adapter_method
 from medpeft.data.augmentation import build_augmentation, resolve_augmentation
 from medpeft.io import write_text_atomic
 
 __all__ = [
-    "ADAPT_NORM_DEFAULTS",
-    "ENCODER_LR_SCALES",
-    "PEFT_METHODS",
+    "FLAT_METHOD_OPTIONS",
     "RESERVED_TRAINER_KEYS",
+    "TRAINING_MODES",
     "AdapterConfig",
     "Config",
     "ConfigError",
@@ -43,37 +44,55 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
+    "adapt_norm_default",
     "config_from_text",
+    "encoder_lr_scale",
+    "is_adapter_method",
     "load_config",
+    "method_names",
     "save_config",
     "write_text_atomic",
 ]
 
-Method = Literal["full", "decoder_only", "lora", "trm", "tcurlora"]
-#: Methods that inject adapters into the encoder (the other two only change which parameters train).
-PEFT_METHODS: tuple[str, ...] = ("lora", "trm", "tcurlora")
-#: Whether each method lets the encoder's BatchNorm statistics adapt (``adapter.adapt_norm: null``). Chosen by
-#: measurement (docs/results.md, section 0): on the ACDC -> BUSI transfer, letting the statistics follow the target
-#: data raised validation and test Dice of ``decoder_only`` on three seeds of three, and of the adapters with it;
-#: the statistics are then saved with the adapter (``adapter.safetensors``, the task file), so the saved files still
-#: rebuild the trained network. ``adapt_norm: false`` keeps a frozen encoder bit-for-bit as pre-trained.
-ADAPT_NORM_DEFAULTS: dict[str, bool] = {
-    "full": True,
-    "decoder_only": True,
-    "lora": True,
-    "trm": True,
-    "tcurlora": True,
-}
-#: ``optim.encoder_lr`` = ``optim.lr`` times this factor when the config leaves it unset. The adapters' factors are
-#: the rates validation Dice chose on two tasks (docs/results.md section 0, and the README's demo sweep): LoRA and
-#: TRM 10x the decoder's rate on both, tCURLoRA 100x on both (its trainable cores are a few hundred numbers).
-ENCODER_LR_SCALES: dict[str, float] = {
-    "full": 1.0,
-    "decoder_only": 1.0,
-    "lora": 10.0,
-    "trm": 10.0,
-    "tcurlora": 100.0,
-}
+#: The two methods that inject nothing and only choose which parameters train; every other method is an adapter
+#: registered in :data:`medpeft.adapters.ADAPTERS` (``medpeft/adapters/methods.py`` lists them).
+TRAINING_MODES: tuple[str, ...] = ("full", "decoder_only")
+#: Options of the ``adapter`` section that several methods share, passed to a method when its options dataclass has a
+#: field of that name (other options go in ``adapter.options``).
+FLAT_METHOD_OPTIONS: tuple[str, ...] = ("rank", "alpha", "dropout", "order", "residual", "regularizer", "grouping")
+
+
+def is_adapter_method(method: str) -> bool:
+    """Whether ``method`` injects adapters (is registered), as opposed to ``full`` and ``decoder_only``."""
+    return method in ADAPTERS
+
+
+def method_names() -> tuple[str, ...]:
+    """Every value ``adapter.method`` accepts: the two training modes, then the registered adapters."""
+    return (*TRAINING_MODES, *ADAPTERS)
+
+
+def adapt_norm_default(method: str) -> bool:
+    """``adapter.adapt_norm`` when the config leaves it null: whether the encoder's BatchNorm statistics follow the
+    target data. ``True`` for every shipped method, chosen by measurement (docs/results.md, section 0): on the ACDC ->
+    BUSI transfer, letting the statistics follow the target data raised validation and test Dice of ``decoder_only``
+    on three seeds of three, and of the adapters with it; the statistics are then saved with the adapter
+    (``adapter.safetensors``, the task file), so the saved files still rebuild the trained network.
+    ``adapt_norm: false`` keeps a frozen encoder bit-for-bit as pre-trained. An adapter method states its own in its
+    registry entry (:attr:`~medpeft.adapters.base.AdapterMethod.adapt_norm`)."""
+    return True if method in TRAINING_MODES else get_adapter_method(method).adapt_norm
+
+
+def encoder_lr_scale(method: str) -> float:
+    """``optim.encoder_lr`` = ``optim.lr`` times this when the config leaves it unset: 1 for ``full`` and
+    ``decoder_only``, otherwise the method's registry entry (:attr:`~medpeft.adapters.base.AdapterMethod.
+    encoder_lr_scale`). The shipped adapters' factors are the rates validation Dice chose on two tasks
+    (docs/results.md section 0, and the README's demo sweep): LoRA and TRM 10x the decoder's rate on both, tCURLoRA
+    100x on both (its trainable cores are a few hundred numbers); the baselines default to 10x, and
+    ``scripts/sweep.py --tune-lr`` chooses every method's rate on validation from one grid."""
+    return 1.0 if method in TRAINING_MODES else get_adapter_method(method).encoder_lr_scale
+
+
 #: Trainer arguments that :mod:`medpeft.training.run` sets itself, with the config key to use instead (if any).
 RESERVED_TRAINER_KEYS: dict[str, str | None] = {
     "logger": None,
@@ -243,8 +262,9 @@ class AdapterConfig(_Section):
     ``--set adapter.method=...``.
 
     Args:
-        method: ``"full"`` (every parameter trains), ``"decoder_only"`` (encoder frozen), or an adapter injected
-            into the encoder: ``"lora"``, ``"trm"``, ``"tcurlora"``.
+        method: ``"full"`` (every parameter trains), ``"decoder_only"`` (encoder frozen), or an adapter method
+            injected into the encoder (``"lora"``, ``"trm"``, ``"tcurlora"`` and every method registered in
+            :data:`medpeft.adapters.ADAPTERS`; ``python scripts/inspect_model.py --methods`` lists them).
         targets: Encoder layers to adapt: short names (``"attn"``, ``"mlp"``) or glob patterns over qualified
             module names (``"blocks.*.attn.qkv"``). Defaults to ``["attn", "mlp"]``.
         blocks: Indices of the transformer blocks to adapt; ``None`` adapts all of them.
@@ -264,11 +284,17 @@ class AdapterConfig(_Section):
             (all matrices of one shape) or ``"name"`` (one tensor per target name). Defaults to ``"shape"``.
         adapt_norm: Let the encoder's BatchNorm running statistics follow the target data during training (they
             are then saved in ``adapter.safetensors`` with the adapter). ``False`` keeps them exactly as
-            pre-trained: a frozen encoder stays frozen. ``None`` resolves to the method's default in
-            :data:`ADAPT_NORM_DEFAULTS`. Only encoders with BatchNorm (ResNet) are affected.
+            pre-trained: a frozen encoder stays frozen. ``None`` resolves to :func:`adapt_norm_default`. Only
+            encoders with BatchNorm (ResNet, EfficientNet) are affected.
+        options: The method's other options, by the names of its options dataclass (e.g. ``{bottleneck: 16}`` for
+            ``houlsby``); checked against that dataclass when the config loads.
+        budget: Adapter parameter budget: the method's size knob (rank, bottleneck width, prompt count, ...) is chosen
+            when the network is built so that the adapter has as many parameters as possible without exceeding
+            ``budget`` (:func:`medpeft.adapters.match_budget`), overriding a rank or knob given in the file; the
+            knob chosen and the real count go into ``metrics.json``. ``None``: the knob as given.
     """
 
-    method: Method
+    method: str
     targets: list[str] = Field(default_factory=lambda: ["attn", "mlp"])
     blocks: list[int] | None = None
     rank: int | None = None
@@ -281,33 +307,62 @@ class AdapterConfig(_Section):
     reg_weight: float = 1e-3
     grouping: Literal["shape", "name"] = "shape"
     adapt_norm: bool | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    budget: int | None = None
 
     @model_validator(mode="after")
     def _check_ranges(self) -> AdapterConfig:
+        if self.method not in method_names():
+            close = difflib.get_close_matches(self.method, method_names(), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise _FieldError("method", f"must be one of {', '.join(method_names())}; got {self.method!r}", hint)
         if self.adapt_norm is None:
-            self.adapt_norm = ADAPT_NORM_DEFAULTS[self.method]
-        if self.method in PEFT_METHODS:
-            _require(self.rank is not None, "rank", f"is required for method '{self.method}'")
+            self.adapt_norm = adapt_norm_default(self.method)
+        if self.budget is not None:
+            _require(self.budget >= 1, "budget", f"must be >= 1, got {self.budget}")
+        knob = get_adapter_method(self.method).size_knob if is_adapter_method(self.method) else None
+        if knob == "rank" and self.budget is None:
+            _require(self.rank is not None, "rank", f"is required for method '{self.method}' (or set adapter.budget)")
         if self.rank is not None:
             _require(self.rank >= 1, "rank", f"must be >= 1, got {self.rank}")
-            if self.alpha is None:
+            if self.alpha is None and self.budget is None:  # with a budget the rank is chosen later, alpha with it
                 self.alpha = float(self.rank)
         _require(len(self.targets) > 0, "targets", "must name at least one layer")
         _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         _require(self.lora_plus_ratio > 0.0, "lora_plus_ratio", f"must be > 0, got {self.lora_plus_ratio}")
         _require(self.order >= 2, "order", f"must be >= 2, got {self.order}")
         _require(self.reg_weight >= 0.0, "reg_weight", f"must be >= 0, got {self.reg_weight}")
+        if is_adapter_method(self.method):
+            self._check_options()
         return self
 
+    def _check_options(self) -> None:
+        """Validate :meth:`method_options` against the method's options dataclass, naming the key at fault."""
+        config_cls = get_adapter_method(self.method).config_cls
+        allowed = [field.name for field in dataclasses.fields(config_cls)]
+        for key in self.options:
+            if key in FLAT_METHOD_OPTIONS:
+                raise _FieldError(f"options.{key}", f"is set in adapter.options; set adapter.{key} instead")
+            if key not in allowed:
+                raise _FieldError(f"options.{key}", f"is not an option of {self.method}", _did_you_mean(key, allowed))
+        if self.budget is None:
+            try:
+                config_cls(**self.method_options())
+            except (TypeError, ValueError) as err:
+                raise _FieldError("options", f"are invalid for {self.method}: {err}") from None
+
     def method_options(self) -> dict[str, Any]:
-        """Return the keyword options of :func:`medpeft.adapters.inject_adapters` specific to ``method``."""
-        if self.method == "lora":
-            return {"alpha": self.alpha, "dropout": self.dropout}
-        if self.method == "trm":
-            return {"order": self.order, "residual": self.residual, "regularizer": self.regularizer}
-        if self.method == "tcurlora":
-            return {"grouping": self.grouping}
-        return {}
+        """The keyword options of :func:`medpeft.adapters.inject_adapters` for ``method``: the shared keys
+        (:data:`FLAT_METHOD_OPTIONS`) its options dataclass has, then ``options``; ``rank`` is left out while unset."""
+        if not is_adapter_method(self.method):
+            return {}
+        fields = {field.name for field in dataclasses.fields(get_adapter_method(self.method).config_cls)}
+        shared = {key: getattr(self, key) for key in FLAT_METHOD_OPTIONS if key in fields}
+        if shared.get("rank") is None:
+            shared.pop("rank", None)
+        if shared.get("alpha", 0.0) is None:
+            shared.pop("alpha")
+        return {**shared, **self.options}
 
 
 class LossConfig(_Section):
@@ -377,7 +432,7 @@ class OptimConfig(_Section):
         min_lr_ratio: Final learning rate as a fraction of ``lr`` at the end of the cosine. Defaults to ``0.01``.
         encoder_lr: Peak learning rate of the trainable encoder parameters (the adapters; every encoder weight for
             ``full``), while ``lr`` drives the decoder and head. ``None`` resolves to ``lr`` times the method's
-            factor in :data:`ENCODER_LR_SCALES`.
+            factor, :func:`encoder_lr_scale`.
         nonfinite_loss: ``"stop"`` (default): a NaN / infinite training loss ends the run with an error before
             it touches a weight, the BatchNorm statistics that batch moved put back, so ``last.ckpt`` (written
             then) is the state just before it; ``"skip"``: drop that batch, count it (``train/skipped_batches``)
@@ -473,7 +528,7 @@ class Config(_Section):
         if self.data.split_seed is None:
             self.data.split_seed = self.seed
         if self.optim.encoder_lr is None:
-            self.optim.encoder_lr = self.optim.lr * ENCODER_LR_SCALES[self.adapter.method]
+            self.optim.encoder_lr = self.optim.lr * encoder_lr_scale(self.adapter.method)
         _check_trainer_keys(self.trainer)
         return self
 

@@ -32,7 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from medpeft.adapters import adapter_state_dict, load_adapter_state_dict
 from medpeft.data import dataset_info
-from medpeft.experiment.config import PEFT_METHODS, Config, config_from_text
+from medpeft.experiment.config import Config, config_from_text, is_adapter_method
 from medpeft.experiment.network import apply_finetuning, segmenter_from_config
 from medpeft.io import atomic_output
 
@@ -92,7 +92,7 @@ def save_task(net: nn.Module, cfg: Config, path: str | os.PathLike[str]) -> int:
     state: dict[str, torch.Tensor] = {f"decoder.{k}": v for k, v in net.decoder.state_dict().items()}
     if _stores_encoder(cfg, net.encoder):
         state.update({f"encoder.{k}": v for k, v in net.encoder.state_dict().items()})
-    elif cfg.adapter.method in PEFT_METHODS:
+    elif is_adapter_method(cfg.adapter.method):
         adapter = adapter_state_dict(net.encoder, norm_stats=cfg.adapter.adapt_norm)
         state.update({f"adapter.{k}": v for k, v in adapter.items()})
     pretrained = cfg.model.pretrained
@@ -163,7 +163,7 @@ def _load_tensors(net: nn.Module, cfg: Config, tensors: dict[str, torch.Tensor])
     net.decoder.load_state_dict({k: v.to(device) for k, v in part("decoder.").items()}, strict=True)
     if encoder := part("encoder."):
         net.encoder.load_state_dict(encoder, strict=True)
-    elif cfg.adapter.method in PEFT_METHODS:
+    elif is_adapter_method(cfg.adapter.method):
         load_adapter_state_dict(net.encoder, {k: v.to(device) for k, v in part("adapter.").items()})
 
 

@@ -48,15 +48,15 @@ from medpeft.evaluation.checkpoint import load_network_state
 from medpeft.evaluation.evaluator import choose_postprocess, evaluate_split
 from medpeft.evaluation.report import json_safe, write_evaluation
 from medpeft.experiment.config import (
-    PEFT_METHODS,
     Config,
     ConfigError,
+    is_adapter_method,
     load_config,
     save_config,
     write_text_atomic,
 )
 from medpeft.experiment.data import datamodule_from_config
-from medpeft.experiment.network import apply_finetuning, segmenter_from_config
+from medpeft.experiment.network import apply_finetuning, segmenter_from_config, size_facts
 from medpeft.experiment.task_file import save_task
 from medpeft.metrics import efficiency_figures
 from medpeft.models import PretrainedWeightsError
@@ -269,6 +269,7 @@ def collect_metrics(
             "n_test_cases": summary["n_cases"],
             **efficiency_figures(net, image_shape, adapter_file if adapter_file.is_file() else None),
             "adapted_modules": n_adapted,
+            **size_facts(net),
             "image_size": cfg.data.image_size,
             "best_checkpoint": str(Path(best).resolve().relative_to(run_dir.resolve())) if best else None,
             "train_seconds": round(train_seconds, 2),
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> Path:
         cfg.postprocess.min_component_size = size
         save_config(cfg, run_dir / "config.yaml")
         print(f"postprocess.min_component_size: {size} (validation Dice over all cases {val_dice_by_size[size]:.4f})")
-    if cfg.adapter.method in PEFT_METHODS:
+    if is_adapter_method(cfg.adapter.method):
         save_adapter(net.encoder, run_dir / "adapter.safetensors", norm_stats=cfg.adapter.adapt_norm)
     task_file_bytes = save_task(net, cfg, run_dir / "task.safetensors")
     result = evaluate_split(net, cfg, split="test", resolution=cfg.data.test_resolution, split_file=split_file)

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from medpeft.adapters import get_adapter_method
 from medpeft.cli import exit_with_error
-from medpeft.experiment.config import PEFT_METHODS, ConfigError, load_config
+from medpeft.experiment.config import ConfigError, is_adapter_method, load_config, method_names
 from medpeft.reports.compare import compare
 from medpeft.reports.runs import ComparisonError
 from medpeft.reports.tables import render_markdown
@@ -46,8 +47,11 @@ __all__ = ["DEFAULT_RANKS", "SWEEP_METHODS", "SweepRun", "build_parser", "main",
 #: Adapter rank of a swept method that is not the base config's: the README demo settings for TRM (R = 2) and
 #: tCURLoRA (r = 1), and the common LoRA default r = 8 (Hu et al. 2021 use 4 to 64).
 DEFAULT_RANKS: dict[str, int] = {"lora": 8, "trm": 2, "tcurlora": 1}
-#: Methods a sweep accepts: the fine-tuning methods plus ``scratch`` (``full`` from random weights).
-SWEEP_METHODS: tuple[str, ...] = ("full", "decoder_only", "lora", "trm", "tcurlora", "scratch")
+#: Rank of a swept method with a ``rank`` knob that :data:`DEFAULT_RANKS` does not name (peft's methods).
+FALLBACK_RANK = 8
+#: Methods a sweep accepts: every fine-tuning method (:func:`~medpeft.experiment.config.method_names`) plus ``scratch``
+#: (``full`` from random weights).
+SWEEP_METHODS: tuple[str, ...] = (*method_names(), "scratch")
 #: Keys the sweep sets itself for every run.
 _SWEEP_KEYS: tuple[str, ...] = ("adapter.method", "seed", "name", "output_dir")
 _TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
@@ -87,6 +91,10 @@ class SweepRun:
     def is_done(self) -> bool:
         """Whether a finished run (a ``metrics.json``) exists below :attr:`output_dir`."""
         return any(self.output_dir.rglob("metrics.json"))
+
+
+def _has_rank_knob(method: str) -> bool:
+    return is_adapter_method(method) and get_adapter_method(method).size_knob == "rank"
 
 
 def _split_follows_seed(config: str, sets: list[str]) -> bool:
@@ -193,14 +201,20 @@ def plan_sweep(
         if method == "scratch":
             fixed.append("model.pretrained=false")
         own_rank = bool(_overrides_of(per_method[method], "adapter.rank"))
-        if trained in PEFT_METHODS and trained != base.adapter.method and not own_rank and method not in own_config:
+        if (
+            _has_rank_knob(trained)
+            and trained != base.adapter.method
+            and not own_rank
+            and method not in own_config
+            and base.adapter.budget is None
+        ):
             if shared_rank:
                 raise ConfigError(
                     f"--set {shared_rank[-1]} reaches only the base method {base.adapter.method} (a rank means "
                     f"something different for each method); give {method} its own: "
                     f"--method-set {method}:adapter.rank=N"
                 )
-            fixed.append(f"adapter.rank={DEFAULT_RANKS[trained]}")
+            fixed.append(f"adapter.rank={DEFAULT_RANKS.get(trained, FALLBACK_RANK)}")
         run_config = own_config.get(method, config)
         for seed in seeds:
             output_dir = out / method / f"seed{seed}"
