@@ -277,6 +277,9 @@ class AdapterMethod:
         prepare: ``prepare(root, total_steps)`` once before training (AdaLoRA's schedule needs the step count).
         regularization: ``regularization(root) -> Tensor | None``, a penalty added to the loss with
             ``adapter.reg_weight`` besides the layers' own (AdaLoRA's orthogonality term).
+        default_targets: Targets a sweep gives this method when it swaps methods on one base config, for methods
+            that do not adapt weight layers (``("mlp-module",)`` for AdaptFormer, ``("blocks",)`` for VPT);
+            ``None``: the base config's targets.
         source: Who implements it: ``"medpeft"`` or ``"peft"`` (shown in tables).
         summary: One line for tables and ``--help``.
     """
@@ -293,6 +296,7 @@ class AdapterMethod:
     on_step: Callable[[nn.Module, int], None] | None = None
     prepare: Callable[[nn.Module, int], None] | None = None
     regularization: Callable[[nn.Module], torch.Tensor | None] | None = None
+    default_targets: tuple[str, ...] | None = None
     source: str = "medpeft"
     summary: str = ""
 
