@@ -49,7 +49,12 @@ class BudgetMatch:
 
     def as_dict(self) -> dict[str, Any]:
         """For ``metrics.json``: ``budget``, ``budget_knob``, ``budget_knob_value``, ``budget_params``."""
-        return {"budget": self.budget, "budget_knob": self.knob, "budget_knob_value": self.value, "budget_params": self.params}
+        return {
+            "budget": self.budget,
+            "budget_knob": self.knob,
+            "budget_knob_value": self.value,
+            "budget_params": self.params,
+        }
 
 
 def adapter_parameter_count(

@@ -31,6 +31,7 @@ from medpeft.adapters import methods as _methods  # noqa: F401  (registers every
 from medpeft.adapters.base import (
     AdapterLayer,
     AdapterMethod,
+    AdapterModule,
     adapter_module_types,
     get_adapter_method,
     replace_module,
@@ -270,7 +271,8 @@ def adapter_method_of(model: nn.Module) -> AdapterMethod:
 
 
 def trained_base_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The model's own parameters that its method trains (BitFit's biases), by qualified name; usually empty."""
+    """The parameters the model's method named when it was applied (BitFit's biases, peft's trainable adapter
+    tensors), by qualified name; empty for methods whose trainable tensors all live in medpeft adapter modules."""
     record = getattr(model, ADAPTER_RECORD_ATTRIBUTE, None)
     if record is None or not record.get("base_parameters"):
         return {}
@@ -285,10 +287,13 @@ def tcurlora_groups(model: nn.Module) -> dict[str, TCURGroup]:
 
 
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters that train under the model's method, each once: those of adapter modules, found by module type
-    (never by name), outside the frozen layers they wrap, plus the model's own tensors the method trains."""
+    """Parameters that train under the model's method, each once: those of medpeft's adapter modules, found by
+    module type (never by name pattern), outside the frozen layers they wrap, plus the tensors the method named when it
+    was applied (BitFit's biases, the parameters peft left trainable in its layers)."""
     found: dict[int, nn.Parameter] = {}
     for module in adapter_modules(model).values():
+        if not isinstance(module, AdapterModule):
+            continue  # another library's layers: their trainable tensors are named in the record (peft_methods.py)
         for name, parameter in module.named_parameters():
             if not name.startswith("base_layer.") and ".base_layer." not in f".{name}":
                 found[id(parameter)] = parameter
@@ -355,9 +360,9 @@ def regularization_loss(model: nn.Module) -> torch.Tensor:
     for methods without one."""
     terms = [term for layer in adapter_layers(model).values() if (term := layer.regularization()) is not None]
     record = getattr(model, ADAPTER_RECORD_ATTRIBUTE, None)
-    if record is not None and (penalty := get_adapter_method(record["method"]).regularization) is not None:
-        if (term := penalty(model)) is not None:
-            terms.append(term)
+    penalty = get_adapter_method(record["method"]).regularization if record is not None else None
+    if penalty is not None and (term := penalty(model)) is not None:
+        terms.append(term)
     if terms:
         return torch.stack(terms).sum()
     reference = next(model.parameters(), None)

@@ -16,6 +16,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "lora",
     "trm",
     "tcurlora",
+    "peft_methods",  # peft_lora, dora, loha, lokr, oft, boft, hra, vera, adalora, ia3 from Hugging Face peft
 )
 
 for _module in METHOD_MODULES:

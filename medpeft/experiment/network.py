@@ -51,10 +51,17 @@ def apply_finetuning(net: nn.Module, adapter: AdapterConfig) -> list[str]:
             given = options.get(match.knob)
             options[match.knob] = match.value
             _logger.info(
-                "adapter.budget %d: %s %s=%d (%d adapter parameters)%s", adapter.budget, adapter.method, match.knob,
-                match.value, match.params, f"; the config's {match.knob} {given} is not used" if given else "",
+                "adapter.budget %d: %s %s=%d (%d adapter parameters)%s",
+                adapter.budget,
+                adapter.method,
+                match.knob,
+                match.value,
+                match.params,
+                f"; the config's {match.knob} {given} is not used" if given else "",
             )
-    names = inject_adapters(net.encoder, method=adapter.method, targets=adapter.targets, blocks=adapter.blocks, **options)
+    names = inject_adapters(
+        net.encoder, method=adapter.method, targets=adapter.targets, blocks=adapter.blocks, **options
+    )
     if match is not None:
         getattr(net.encoder, ADAPTER_RECORD_ATTRIBUTE)["budget"] = match.as_dict()
     return names

@@ -30,7 +30,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from medpeft.adapters import regularization_loss
+from medpeft.adapters import prepare_adapters, regularization_loss, step_adapters
 from medpeft.experiment.config import LossConfig
 
 __all__ = ["NonFiniteLossError", "SegmentationModule", "warmup_cosine"]
@@ -220,10 +220,15 @@ class SegmentationModule(pl.LightningModule):
         self.val_dice.reset()
 
     def on_fit_start(self) -> None:
+        prepare_adapters(self.net.encoder, int(self.trainer.estimated_stepping_batches))  # AdaLoRA's schedule
         total = sum(p.numel() for p in self.net.parameters())
         trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
         share = 100 * trainable / max(1, total)
         self.print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # after the optimizer step, gradients still present: AdaLoRA's rank allocator (a no-op for other methods)
+        step_adapters(self.net.encoder, self.trainer.global_step)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: encoder (LoRA+: its ``B`` factors apart) or decoder/head learning rate, crossed with weight

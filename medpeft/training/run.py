@@ -386,6 +386,7 @@ def main(argv: list[str] | None = None) -> Path:
     result = evaluate_split(net, cfg, split="test", resolution=cfg.data.test_resolution, split_file=split_file)
     write_evaluation(result, run_dir, cfg.model.num_classes)
     metrics = collect_metrics(cfg, net, result.summary, run_dir, len(adapted), best, train_seconds, throughput)
+    metrics["best_val_dice"] = None if checkpoint.best_model_score is None else float(checkpoint.best_model_score)
     metrics["min_component_size"] = cfg.postprocess.min_component_size
     metrics["val_dice_all_by_min_component_size"] = val_dice_by_size
     metrics["resumed_from_step"] = resumed_step  # last.ckpt now holds the final state

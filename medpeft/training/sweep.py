@@ -21,6 +21,13 @@ Per run the sweep sets ``adapter.method``, ``seed``, ``name`` (the method, the r
   seeds should vary the training, not the data. If ``data.split_seed`` is null in the base config (the split then
   follows ``seed``), it is pinned to the base ``seed`` for every run and the sweep says so.
 
+- ``--budget N`` gives every adapter method ``adapter.budget=N`` (its size knob chosen to fit N adapter parameters,
+  :func:`medpeft.adapters.match_budget`) instead of a default rank;
+- a method that does not adapt weight layers (VPT, bottleneck adapters, BitFit, ...) and is not the base config's gets
+  its registry ``default_targets`` in place of the base config's targets;
+- ``--tune-lr R1,R2,...`` chooses each method's encoder learning rate on validation from that one grid before the
+  final seeds train (:mod:`medpeft.training.tuning`).
+
 Every run's config is validated before the first run starts.
 """
 
@@ -37,10 +44,18 @@ from pathlib import Path
 
 from medpeft.adapters import get_adapter_method
 from medpeft.cli import exit_with_error
-from medpeft.experiment.config import ConfigError, is_adapter_method, load_config, method_names
+from medpeft.experiment.config import ConfigError, is_adapter_method, load_config, method_names, write_text_atomic
 from medpeft.reports.compare import compare
 from medpeft.reports.runs import ComparisonError
 from medpeft.reports.tables import render_markdown
+from medpeft.training.tuning import (
+    UNTUNED_METHODS,
+    TuningChoice,
+    format_rate,
+    tuning_markdown,
+    validation_score,
+    write_tuning,
+)
 
 __all__ = ["DEFAULT_RANKS", "SWEEP_METHODS", "SweepRun", "build_parser", "main", "plan_sweep"]
 
@@ -156,6 +171,7 @@ def plan_sweep(
     method_sets: list[str],
     out: Path,
     method_configs: list[str] = (),
+    budget: int | None = None,
 ) -> tuple[list[SweepRun], list[str]]:
     """Plan the runs of a sweep and validate each run's config.
 
@@ -167,6 +183,7 @@ def plan_sweep(
         method_sets: ``METHOD:KEY=VALUE`` overrides for the runs of one method, applied last.
         out: Sweep folder; run ``(m, s)`` writes to ``out/m/seed<s>``.
         method_configs: ``METHOD:FILE``: that method's runs train from ``FILE`` instead of ``config``.
+        budget: Adapter parameter budget of every adapter method (``adapter.budget``); ``None``: their ranks.
 
     Returns:
         The runs, method-major, and the decisions to tell the user (e.g. a pinned split seed).
@@ -207,6 +224,7 @@ def plan_sweep(
             and not own_rank
             and method not in own_config
             and base.adapter.budget is None
+            and budget is None
         ):
             if shared_rank:
                 raise ConfigError(
@@ -215,6 +233,11 @@ def plan_sweep(
                     f"--method-set {method}:adapter.rank=N"
                 )
             fixed.append(f"adapter.rank={DEFAULT_RANKS.get(trained, FALLBACK_RANK)}")
+        if is_adapter_method(trained) and budget is not None:
+            fixed.append(f"adapter.budget={budget}")
+        targets = get_adapter_method(trained).default_targets if is_adapter_method(trained) else None
+        if targets and trained != base.adapter.method and method not in own_config:
+            fixed.append(f"adapter.targets=[{','.join(targets)}]")
         run_config = own_config.get(method, config)
         for seed in seeds:
             output_dir = out / method / f"seed{seed}"
@@ -276,6 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="train one method from its own config instead of the base (its adapter.method must match). Repeatable.",
     )
+    parser.add_argument(
+        "--budget",
+        type=int,
+        metavar="N",
+        help="adapter parameter budget of every adapter method: each one's size knob is chosen to fit N parameters",
+    )
+    parser.add_argument(
+        "--tune-lr",
+        metavar="R1,R2",
+        help=(
+            "shared grid of encoder learning rates: each method (decoder_only excepted) trains once per rate on the "
+            "first seed, the best validation Dice chooses its rate, the final seeds train with it"
+        ),
+    )
     parser.add_argument("--out", metavar="DIR", help="sweep folder (default runs/sweep/<config stem>)")
     parser.add_argument("--reference", metavar="NAME", help="reference method of the comparison's Wilcoxon tests")
     parser.add_argument(
@@ -296,50 +333,81 @@ def _parse_seeds(text: str) -> list[int]:
         exit_with_error(f"--seeds {text}: give comma-separated integers, e.g. 0,1,2")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``sweep.py --config BASE --methods M1,M2 [--seeds S1,S2] [--set ...] [--method-set ...]
-    [--method-config ...] [--out DIR]
-    [--reference NAME] [--dry-run]``.
-
-    Returns:
-        The exit status: 0 when every run finished (and the comparison was written), 1 when a run failed.
-
-    Raises:
-        SystemExit: With status 2 on invalid arguments or an invalid run config, before any run starts, or when the
-            finished runs cannot be compared.
-    """
-    args = build_parser().parse_args(argv)
-    stem = Path(args.config).stem
-    out = Path(args.out) if args.out else Path("runs") / "sweep" / stem
-    methods = [m.strip() for m in args.methods.split(",")]
+def _parse_rates(text: str) -> list[float]:
     try:
-        runs, decisions = plan_sweep(
-            args.config, methods, _parse_seeds(args.seeds), args.sets, args.method_sets, out, args.method_configs
-        )
-    except ConfigError as err:
-        exit_with_error(str(err))
+        rates = [float(r) for r in text.split(",")]
+    except ValueError:
+        exit_with_error(f"--tune-lr {text}: give comma-separated learning rates, e.g. 1e-4,1e-3,1e-2")
+    if len(set(rates)) < len(rates) or any(r <= 0 for r in rates):
+        exit_with_error(f"--tune-lr {text}: give distinct positive rates")
+    return sorted(rates)
 
+
+def _plan_tuning(plan: tuple, grid: list[float]) -> list[SweepRun]:
+    """The tuning runs: each tuned method once per rate, on the first seed, under ``<out>/tuning/lr<rate>/``."""
+    config, methods, seeds, sets, method_sets, out, method_configs, budget = plan
+    tuned = [m for m in methods if m not in UNTUNED_METHODS]
+    kept_sets = [t for t in method_sets if t.partition(":")[0] in tuned]
+    kept_configs = [t for t in method_configs if t.partition(":")[0] in tuned]
+    runs = []
+    for rate in grid:
+        planned, _ = plan_sweep(
+            config, tuned, seeds[:1], [*sets, f"optim.encoder_lr={rate}"], kept_sets,
+            out / "tuning" / f"lr{format_rate(rate)}", kept_configs, budget,
+        )  # fmt: skip
+        runs += planned
+    return runs
+
+
+def _choose_rates(tuning: list[SweepRun], grid: list[float]) -> list[TuningChoice]:
+    by_method: dict[str, dict[float, float]] = {}
+    for run in tuning:
+        rate = float(next(t for t in run.overrides if t.startswith("optim.encoder_lr=")).partition("=")[2])
+        by_method.setdefault(run.method, {})[rate] = validation_score(run.output_dir)
+    return [TuningChoice(method, scores) for method, scores in by_method.items()]
+
+
+def _final_runs_after_tuning(plan: tuple, choices: list[TuningChoice], tuning: list[SweepRun]) -> list[SweepRun]:
+    """Every method's final seeds at its chosen rate; the first seed's run is its tuning run at that rate."""
+    config, methods, seeds, sets, method_sets, out, method_configs, budget = plan
+    chosen = {c.method: c.rate for c in choices}
+    runs = []
+    for method in methods:
+        extra = [f"optim.encoder_lr={chosen[method]}"] if method in chosen else []
+        planned, _ = plan_sweep(
+            config, [method], seeds, [*sets, *extra], [t for t in method_sets if t.startswith(f"{method}:")], out,
+            [t for t in method_configs if t.startswith(f"{method}:")], budget,
+        )  # fmt: skip
+        if method in chosen:
+            first = next(
+                r for r in tuning if r.method == method and f"optim.encoder_lr={chosen[method]}" in r.overrides
+            )
+            planned[0] = first
+        runs += planned
+    return runs
+
+
+def _train(
+    runs: list[SweepRun], dry_run: bool, start: float, title: str, out: Path, notes: list[str], label: str = ""
+) -> list[str]:
+    """Train the runs not yet done, one subprocess each; return the failed ones' names."""
     done = [run.is_done() for run in runs]
-    n_seeds = len(runs) // len(methods)
+    n_methods = len({run.method for run in runs})
+    n_seeds = len(runs) // n_methods
     print(
-        f"sweep {stem}: {len(runs)} runs ({len(methods)} methods x {n_seeds} seed{'s' * (n_seeds > 1)}), {sum(done)} to skip (done), "
-        f"{len(runs) - sum(done)} to train -> {out}"
+        f"{title}: {len(runs)} runs ({n_methods} methods x {n_seeds} seed{'s' * (n_seeds > 1)}), {sum(done)} to skip "
+        f"(done), {len(runs) - sum(done)} to train -> {out}"
     )
-    for decision in decisions:
-        print(f"note: {decision}")
-    if args.dry_run:
-        for i, (run, skip) in enumerate(zip(runs, done), start=1):
-            print(f"[{i}/{len(runs)}] {run.method} seed {run.seed}: {'skip (done)' if skip else 'train'}")
-            if not skip:
-                print(f"  {shlex.join(run.command())}")
-        return 0
-
-    start = time.monotonic()
+    for note in notes:
+        print(f"note: {note}")
     failed = []
     for i, (run, skip) in enumerate(zip(runs, done), start=1):
-        head = f"[{i}/{len(runs)}] {run.method} seed {run.seed}"
+        head = f"{label}[{i}/{len(runs)}] {run.method} seed {run.seed}"
         if skip:
             print(f"{head}: skip (done)", flush=True)
+            continue
+        if dry_run:
+            print(f"{head}: train\n  {shlex.join(run.command())}")
             continue
         resuming = run.unfinished_run()
         action = f"resuming {resuming}" if resuming else f"training -> {run.output_dir}"
@@ -356,13 +424,71 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(f"{run.method} seed {run.seed}")
         took, total = _elapsed(time.monotonic() - run_start), _elapsed(time.monotonic() - start)
         print(f"{head}: {result} in {took} (sweep elapsed {total})", flush=True)
+    return failed
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``sweep.py --config BASE --methods M1,M2 [--seeds S1,S2] [--set ...] [--method-set ...]
+    [--method-config ...] [--out DIR]
+    [--reference NAME] [--dry-run]``.
+
+    Returns:
+        The exit status: 0 when every run finished (and the comparison was written), 1 when a run failed.
+
+    Raises:
+        SystemExit: With status 2 on invalid arguments or an invalid run config, before any run starts, or when the
+            finished runs cannot be compared.
+    """
+    args = build_parser().parse_args(argv)
+    stem = Path(args.config).stem
+    out = Path(args.out) if args.out else Path("runs") / "sweep" / stem
+    methods = [m.strip() for m in args.methods.split(",")]
+
+    grid = _parse_rates(args.tune_lr) if args.tune_lr else None
+    if grid and _overrides_of([*args.sets, *(t.partition(":")[2] for t in args.method_sets)], "optim.encoder_lr"):
+        exit_with_error("--tune-lr chooses optim.encoder_lr; do not also set it with --set or --method-set")
+    start = time.monotonic()
+    failed: list[str] = []
+    seeds = _parse_seeds(args.seeds)
+    plan = (args.config, methods, seeds, args.sets, args.method_sets, out, args.method_configs, args.budget)
+    if grid:
+        try:
+            tuning = _plan_tuning(plan, grid)
+        except ConfigError as err:
+            exit_with_error(str(err))
+        title = f"tuning {stem} over {len(grid)} encoder learning rates ({args.tune_lr}), seed {seeds[0]}"
+        failed += _train(tuning, args.dry_run, start, title, out / "tuning", [], label="tuning ")
+        if args.dry_run:
+            print("(the final runs are planned once the tuning runs have finished)")
+            return 0
+        if failed:
+            print(f"sweep: {len(failed)} tuning runs failed: {', '.join(failed)}", file=sys.stderr)
+            return 1
+        choices = _choose_rates(tuning, grid)
+        write_tuning(choices, grid, out / "tuning.json")
+        print(tuning_markdown(choices, grid, seeds[0]), end="")
+        runs, decisions = _final_runs_after_tuning(plan, choices, tuning), []
+    else:
+        try:
+            runs, decisions = plan_sweep(*plan)
+        except ConfigError as err:
+            exit_with_error(str(err))
+    failed += _train(runs, args.dry_run, start, f"sweep {stem}", out, decisions)
+    if args.dry_run:
+        return 0
     if failed:
-        print(f"sweep: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"sweep: {len(failed)} of {len(runs) + (len(tuning) if grid else 0)} runs failed: {', '.join(failed)}", file=sys.stderr)
     try:
-        comparison = compare([out], out / "comparison", reference=args.reference, title=args.title or stem)
+        comparison = compare(
+            [run.output_dir for run in runs if run.output_dir.is_dir()],  # a failed run may have left no folder
+            out / "comparison",
+            reference=args.reference,
+            title=args.title or stem,
+        )
     except ComparisonError as err:
         exit_with_error(f"comparison: {err}")
+    if grid:
+        write_text_atomic(out / "comparison" / "tuning.md", tuning_markdown(choices, grid, seeds[0]))
     print(render_markdown(comparison, title=args.title or stem), end="")
     print(f"\ncomparison written to {out / 'comparison'}")
     return 1 if failed else 0

@@ -121,7 +121,7 @@ def test_invalid_sweep_fails_before_any_run(
 
 def test_plan_rejects_unknown_method(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="give distinct methods among full, decoder_only"):
-        plan_sweep(BASE, ["lora", "adalora"], [0], [], [], tmp_path)
+        plan_sweep(BASE, ["lora", "lorra"], [0], [], [], tmp_path)
 
 
 def test_failed_run_is_reported_and_sweep_goes_on(
