@@ -5,7 +5,8 @@ width, VPT's prompt count, ...) grows monotonically with it, so the largest knob
 (:func:`~medpeft.adapters.adapter_parameters`, what trains in the encoder) does not exceed the budget is found by
 doubling and then bisection, each probe an injection into a copy of the model. A knob value the method refuses (a rank
 above a layer's size) counts as over the budget. Methods without a knob (BitFit, IA3, normalisation tuning) have one
-size, reported as it is.
+size, reported as it is. A count that stops growing with the knob (LoKr's, once its factor is full rank) is reported
+at the smallest knob value that gives it.
 """
 
 from __future__ import annotations
@@ -124,4 +125,11 @@ def match_budget(
             high = middle
         else:
             low, low_params = middle, params
-    return BudgetMatch(knob, low, low_params, budget)
+    # a count that stops growing (LoKr once its factor is full rank) is reported at the smallest knob giving it
+    smallest_same = low
+    while smallest_same > 1 and count(smallest_same - 1) == low_params:
+        below, step = smallest_same - 1, 1
+        while below - step >= 1 and count(below - step) == low_params:
+            below, step = below - step, step * 2
+        smallest_same = below
+    return BudgetMatch(knob, smallest_same, low_params, budget)

@@ -49,6 +49,7 @@ __all__ = [
     "block_indices",
     "inject_adapters",
     "merge_adapters",
+    "merge_refusal",
     "prepare_adapters",
     "regularization_loss",
     "resolve_targets",
@@ -271,13 +272,18 @@ def adapter_method_of(model: nn.Module) -> AdapterMethod:
 
 
 def trained_base_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The parameters the model's method named when it was applied (BitFit's biases, peft's trainable adapter
-    tensors), by qualified name; empty for methods whose trainable tensors all live in medpeft adapter modules."""
-    record = getattr(model, ADAPTER_RECORD_ATTRIBUTE, None)
-    if record is None or not record.get("base_parameters"):
-        return {}
-    parameters = dict(model.named_parameters(remove_duplicate=False))
-    return {name: parameters[name] for name in record["base_parameters"]}
+    """The parameters the method named when it was applied (BitFit's biases, peft's trainable adapter tensors), by
+    qualified name in ``model``, which may be the injected module or contain it (a segmenter and its encoder); empty
+    for methods whose trainable tensors all live in medpeft adapter modules."""
+    found: dict[str, nn.Parameter] = {}
+    for prefix, module in model.named_modules():
+        record = module.__dict__.get(ADAPTER_RECORD_ATTRIBUTE)
+        if not record or not record.get("base_parameters"):
+            continue
+        parameters = dict(module.named_parameters(remove_duplicate=False))
+        dot = f"{prefix}." if prefix else ""
+        found.update({f"{dot}{name}": parameters[name] for name in record["base_parameters"]})
+    return found
 
 
 def tcurlora_groups(model: nn.Module) -> dict[str, TCURGroup]:
@@ -300,6 +306,14 @@ def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
     for parameter in trained_base_parameters(model).values():
         found[id(parameter)] = parameter
     return list(found.values())
+
+
+def merge_refusal(model: nn.Module) -> str | None:
+    """Why :func:`merge_adapters` cannot fold the model's method into the plain network; ``None`` when it can (or
+    nothing is injected)."""
+    if not hasattr(model, ADAPTER_RECORD_ATTRIBUTE):
+        return None
+    return adapter_method_of(model).merge_refusal
 
 
 def merge_adapters(model: nn.Module, safe: bool = False, unload: bool = False) -> None:

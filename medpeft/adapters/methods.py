@@ -16,6 +16,16 @@ METHOD_MODULES: tuple[str, ...] = (
     "lora",
     "trm",
     "tcurlora",
+    "houlsby",
+    "adaptformer",
+    "vpt",
+    "ssf",
+    "bitfit",
+    "norm_tuning",
+    "conv_adapter",
+    "pissa",
+    "curlora",
+    "lotr",
     "peft_methods",  # peft_lora, dora, loha, lokr, oft, boft, hra, vera, adalora, ia3 from Hugging Face peft
 )
 

@@ -141,7 +141,7 @@ PEFT_METHODS: dict[str, _PeftMethod] = {
             r=o.rank, lora_alpha=_alpha(o), lora_dropout=o.dropout, target_modules=t, **o.extra
         ),
         dropout=True,
-        summary="peft's LoRA, the oracle of medpeft's lora (peft)",
+        summary="peft's LoRA, the oracle of medpeft's lora",
     ),
     "dora": _PeftMethod(
         peft.tuners.lora.LoraModel,
@@ -149,39 +149,39 @@ PEFT_METHODS: dict[str, _PeftMethod] = {
             r=o.rank, lora_alpha=_alpha(o), lora_dropout=o.dropout, use_dora=True, target_modules=t, **o.extra
         ),
         dropout=True,
-        summary="weight-decomposed LoRA: direction + magnitude (peft)",
+        summary="weight-decomposed LoRA: direction + magnitude",
     ),
     "loha": _PeftMethod(
         peft.tuners.loha.LoHaModel,
         lambda o, t: peft.LoHaConfig(r=o.rank, alpha=_alpha(o), target_modules=t, **o.extra),
-        summary="Hadamard product of low-rank products (peft)",
+        summary="Hadamard product of low-rank products",
     ),
     "lokr": _PeftMethod(
         peft.tuners.lokr.LoKrModel,
         lambda o, t: peft.LoKrConfig(r=o.rank, alpha=_alpha(o), target_modules=t, **o.extra),
-        summary="Kronecker product with a low-rank factor (peft)",
+        summary="Kronecker product with a low-rank factor",
     ),
     "oft": _PeftMethod(
         peft.tuners.oft.OFTModel,
         lambda o, t: peft.OFTConfig(r=0, oft_block_size=o.rank, target_modules=t, **o.extra),
-        summary="block-diagonal orthogonal fine-tuning, rank = block size (peft)",
+        summary="block-diagonal orthogonal fine-tuning, rank = block size",
     ),
     "boft": _PeftMethod(
         peft.tuners.boft.BOFTModel,
         lambda o, t: peft.BOFTConfig(boft_block_size=o.rank, boft_block_num=0, target_modules=t, **o.extra),
-        summary="butterfly orthogonal fine-tuning, rank = block size (peft)",
+        summary="butterfly orthogonal fine-tuning, rank = block size",
     ),
     "hra": _PeftMethod(
         peft.tuners.hra.HRAModel,
         lambda o, t: peft.HRAConfig(r=o.rank, target_modules=t, **o.extra),
-        summary="Householder reflection adaptation (peft)",
+        summary="Householder reflection adaptation",
     ),
     "vera": _PeftMethod(
         peft.tuners.vera.VeraModel,
         lambda o, t: peft.VeraConfig(r=o.rank, vera_dropout=o.dropout, target_modules=t, **o.extra),
         linear_only=True,
         dropout=True,
-        summary="shared frozen random projections, trained scaling vectors (peft)",
+        summary="shared frozen random projections, trained scaling vectors",
     ),
     "adalora": _PeftMethod(
         peft.tuners.adalora.AdaLoraModel,
@@ -195,14 +195,14 @@ PEFT_METHODS: dict[str, _PeftMethod] = {
             **o.extra,
         ),
         dropout=True,
-        summary="SVD-form LoRA with rank allocation during training (peft)",
+        summary="SVD-form LoRA with rank allocation during training",
         hooks={"prepare": _prepare_adalora, "on_step": _step_adalora, "regularization": _adalora_orthogonality},
     ),
     "ia3": _PeftMethod(
         peft.tuners.ia3.IA3Model,
         lambda o, t: peft.IA3Config(target_modules=t, feedforward_modules=[], **o.extra),
         size_knob=None,
-        summary="learned per-channel output scaling (peft)",
+        summary="learned per-channel output scaling",
     ),
 }
 

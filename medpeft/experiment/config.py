@@ -264,7 +264,7 @@ class AdapterConfig(_Section):
     Args:
         method: ``"full"`` (every parameter trains), ``"decoder_only"`` (encoder frozen), or an adapter method
             injected into the encoder (``"lora"``, ``"trm"``, ``"tcurlora"`` and every method registered in
-            :data:`medpeft.adapters.ADAPTERS`; ``python scripts/inspect_model.py --methods`` lists them).
+            :data:`medpeft.adapters.ADAPTERS`; ``python -m medpeft.adapters.table`` lists them).
         targets: Encoder layers to adapt: short names (``"attn"``, ``"mlp"``) or glob patterns over qualified
             module names (``"blocks.*.attn.qkv"``). Defaults to ``["attn", "mlp"]``.
         blocks: Indices of the transformer blocks to adapt; ``None`` adapts all of them.

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from medpeft.adapters import merge_adapters
+from medpeft.adapters.inject import merge_refusal
 from medpeft.models import count_parameters, measure_gflops
 
 __all__ = ["FLOP_CONVENTION", "efficiency_figures"]
@@ -31,12 +32,15 @@ def efficiency_figures(
     Returns:
         :func:`~medpeft.models.count_parameters`'s counts plus ``trainable_fraction`` (of all parameters),
         ``adapter_fraction_of_encoder``, ``gflops`` (inference with the adapters merged into a copy, as PEFT
-        papers report it), ``gflops_unmerged`` (a forward as trained: TRM and tCURLoRA also rebuild their weight
-        deltas, work per call, not per image), ``flop_convention`` and ``adapter_file_bytes``.
+        papers report it; as trained for a method that cannot merge: VPT, bottleneck adapters), ``gflops_unmerged``
+        (a forward as trained: TRM and tCURLoRA also rebuild their weight deltas, work per call, not per image),
+        ``flop_convention``, ``mergeable`` and ``adapter_file_bytes``.
     """
     counts = count_parameters(net)
     merged = copy.deepcopy(net)
-    merge_adapters(merged.encoder)
+    refusal = merge_refusal(net.encoder)
+    if refusal is None:
+        merge_adapters(merged.encoder)
     return {
         **{key: int(value) for key, value in counts.items()},
         "trainable_fraction": counts["trainable_params"] / max(1, counts["total_params"]),
@@ -44,5 +48,6 @@ def efficiency_figures(
         "gflops": measure_gflops(merged, input_shape=input_shape),
         "gflops_unmerged": measure_gflops(net, input_shape=input_shape),
         "flop_convention": FLOP_CONVENTION,
+        "mergeable": refusal is None,
         "adapter_file_bytes": os.path.getsize(adapter_file) if adapter_file is not None else None,
     }

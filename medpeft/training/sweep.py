@@ -388,14 +388,16 @@ def _final_runs_after_tuning(plan: tuple, choices: list[TuningChoice], tuning: l
 
 
 def _train(
-    runs: list[SweepRun], dry_run: bool, start: float, title: str, out: Path, notes: list[str], label: str = ""
-) -> list[str]:
-    """Train the runs not yet done, one subprocess each; return the failed ones' names."""
+    runs: list[SweepRun], dry_run: bool, start: float, title: str, out: Path, notes: list[str], label: str = "",
+    unit: str = "seed",
+) -> list[str]:  # fmt: skip
+    """Train the runs not yet done, one subprocess each; return the failed ones' names. ``unit`` names what the
+    runs of one method differ by (seeds, or the tuning's rates)."""
     done = [run.is_done() for run in runs]
     n_methods = len({run.method for run in runs})
-    n_seeds = len(runs) // n_methods
+    n_each = len(runs) // n_methods
     print(
-        f"{title}: {len(runs)} runs ({n_methods} methods x {n_seeds} seed{'s' * (n_seeds > 1)}), {sum(done)} to skip "
+        f"{title}: {len(runs)} runs ({n_methods} methods x {n_each} {unit}{'s' * (n_each > 1)}), {sum(done)} to skip "
         f"(done), {len(runs) - sum(done)} to train -> {out}"
     )
     for note in notes:
@@ -457,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             exit_with_error(str(err))
         title = f"tuning {stem} over {len(grid)} encoder learning rates ({args.tune_lr}), seed {seeds[0]}"
-        failed += _train(tuning, args.dry_run, start, title, out / "tuning", [], label="tuning ")
+        failed += _train(tuning, args.dry_run, start, title, out / "tuning", [], label="tuning ", unit="rate")
         if args.dry_run:
             print("(the final runs are planned once the tuning runs have finished)")
             return 0
@@ -477,7 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     if failed:
-        print(f"sweep: {len(failed)} of {len(runs) + (len(tuning) if grid else 0)} runs failed: {', '.join(failed)}", file=sys.stderr)
+        print(
+            f"sweep: {len(failed)} of {len(runs) + (len(tuning) if grid else 0)} runs failed: {', '.join(failed)}",
+            file=sys.stderr,
+        )
     try:
         comparison = compare(
             [run.output_dir for run in runs if run.output_dir.is_dir()],  # a failed run may have left no folder
