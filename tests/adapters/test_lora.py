@@ -28,7 +28,8 @@ def test_matches_peft_lora(rank, alpha):
     torch.manual_seed(0)
     base = TinyNet().eval()
     ours = copy.deepcopy(base)
-    inject_adapters(ours, "lora", ["conv", "lin"], rank=rank, alpha=alpha)
+    # "conv" alone would be the preset (ResNet / EfficientNet block convolutions), which matches nothing here
+    assert sorted(inject_adapters(ours, "lora", ["re:conv", "lin"], rank=rank, alpha=alpha)) == ["conv", "lin"]
     reference = peft.get_peft_model(
         copy.deepcopy(base),
         peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=["conv", "lin"], lora_dropout=0.0),
