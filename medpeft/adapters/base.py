@@ -114,11 +114,15 @@ class AdapterLayer(AdapterModule):
             ``[out, in, kh, kw]``, ``groups == 1``). It is frozen and kept as ``self.base_layer``.
     """
 
+    #: Whether the delta may wrap a grouped / depthwise convolution (SSF's per-output-channel scale respects any group
+    #: layout; a general weight delta would mix the groups).
+    accepts_grouped_conv: bool = False
+
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         if not supported_base_layer(base_layer):
             raise TypeError(f"adapters wrap nn.Linear or nn.Conv2d, got {type(base_layer).__name__}")
-        if isinstance(base_layer, nn.Conv2d) and base_layer.groups != 1:
+        if isinstance(base_layer, nn.Conv2d) and base_layer.groups != 1 and not self.accepts_grouped_conv:
             raise ValueError(f"grouped/depthwise convolutions (groups={base_layer.groups}) are not supported")
         self.base_layer = base_layer.requires_grad_(False)
         self.merged = False

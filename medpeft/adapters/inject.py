@@ -193,18 +193,20 @@ def inject_adapters(
 
     Args:
         model: any module, typically a timm encoder; it is modified in place.
-        method: one of ``"lora"``, ``"trm"``, ``"tcurlora"``.
+        method: a registered method (:data:`~medpeft.adapters.ADAPTERS`: ``"lora"``, ``"trm"``, ``"tcurlora"``, the
+            baselines of ``medpeft/adapters/methods.py``).
         targets: glob patterns, ``"re:"`` regexes or presets (:data:`PRESETS`).
         blocks: optional block indices to restrict the targets to.
-        **options: the method's options (``rank`` and see :class:`LoRAConfig`, :class:`TRMConfig`,
-            :class:`TCURLoRAConfig`).
+        **options: the method's options, the fields of its options dataclass (``rank`` and see
+            :class:`LoRAConfig`, :class:`TRMConfig`, :class:`TCURLoRAConfig`, ...).
 
     Returns:
         The sorted qualified names of the adapted modules.
 
     Raises:
         ValueError: unknown method or option, nothing matched (a few candidate names are listed), a match
-            that is not an ``nn.Linear``/``nn.Conv2d``, or a model that already has adapters. Injection is all or
+            the method refuses (its reason, e.g. not an ``nn.Linear``/``nn.Conv2d``), or a model that already has
+            adapters. Injection is all or
             nothing: when a layer is refused, every layer wrapped before it is put back and ``model`` is unchanged.
     """
     if hasattr(model, ADAPTER_RECORD_ATTRIBUTE):

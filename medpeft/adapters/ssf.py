@@ -29,7 +29,6 @@ from torch import nn
 
 from medpeft.adapters.base import (
     AdapterLayer,
-    AdapterModule,
     adapter_module_types,
     full_precision,
     register_adapter,
@@ -82,16 +81,13 @@ class SSFLayer(AdapterLayer):
         config: the initialisation noise.
     """
 
+    accepts_grouped_conv = True  # SSF scales output channels, which any group layout allows
+
     def __init__(self, base_layer: nn.Module, config: SSFConfig) -> None:
         refusal = ssf_refusal("base_layer", base_layer)
         if refusal is not None:
             raise TypeError(f"SSF cannot wrap {refusal}")
-        # AdapterLayer.__init__ refuses grouped convolutions (a weight delta of another method need not respect the
-        # groups); SSF scales output channels, which any group layout allows, so this sets up the same state itself.
-        AdapterModule.__init__(self)
-        self.base_layer = base_layer.requires_grad_(False)
-        self.merged = False
-        self.register_buffer("merged_delta", None, persistent=False)
+        super().__init__(base_layer)
         # While merged: the weight and bias merge() overwrote, so that unmerge() restores them bit for bit.
         self.register_buffer("unmerged_weight", None, persistent=False)
         self.register_buffer("unmerged_bias", None, persistent=False)
