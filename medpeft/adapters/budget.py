@@ -25,7 +25,7 @@ from medpeft.adapters.inject import adapter_parameters, inject_adapters
 __all__ = ["BudgetMatch", "adapter_parameter_count", "match_budget"]
 
 _logger = logging.getLogger(__name__)
-_LARGEST_KNOB = 1 << 16
+_LARGEST_KNOB = 1 << 12  # no knob of a shipped method means anything above a layer's width
 
 
 @dataclass(frozen=True)
@@ -114,18 +114,20 @@ def match_budget(
     while high is None:
         probe = low * 2
         params = count(probe) if probe <= _LARGEST_KNOB else None
+        if params == low_params:  # the count stopped growing (LoKr's full-rank factor): nothing larger helps
+            break
         if params is None or params > budget:
             high = probe
         else:
             low, low_params = probe, params
-    while high - low > 1:
+    while high is not None and high - low > 1:
         middle = (low + high) // 2
         params = count(middle)
         if params is None or params > budget:
             high = middle
         else:
             low, low_params = middle, params
-    # a count that stops growing (LoKr once its factor is full rank) is reported at the smallest knob giving it
+    # a count that stopped growing is reported at the smallest knob giving it
     smallest_same = low
     while smallest_same > 1 and count(smallest_same - 1) == low_params:
         below, step = smallest_same - 1, 1
