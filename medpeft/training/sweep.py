@@ -492,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ComparisonError as err:
         exit_with_error(f"comparison: {err}")
+    finished = [str(run.output_dir) for run in runs if run.output_dir.is_dir()]
+    # the runs the table compares (with --tune-lr, seed 0's are tuning runs): scripts/compare.py $(cat runs.txt) ...
+    write_text_atomic(out / "comparison" / "runs.txt", "\n".join(finished) + "\n")
     if grid:
         write_text_atomic(out / "comparison" / "tuning.md", tuning_markdown(choices, grid, seeds[0]))
     print(render_markdown(comparison, title=args.title or stem), end="")
