@@ -235,6 +235,8 @@ def inject_adapters(
             parameter.requires_grad_(flag)
         raise
 
+    for module in adapter_modules(model).values():  # new modules start in training mode; follow the model's
+        module.train(model.training)
     names = sorted(name for name, _, _ in matches)
     setattr(
         model,

@@ -53,3 +53,15 @@ def test_unknown_options_name_the_key_and_the_method():
 def test_readme_holds_the_methods_table():
     readme = (REPO / "README.md").read_text()
     assert markdown_table() in readme, "README's methods table is stale: python -m medpeft.adapters.table"
+
+
+@pytest.mark.parametrize("name", ["lora", "adaptformer", "vpt"])
+def test_injected_modules_follow_the_models_mode(name):
+    import timm
+
+    from medpeft.adapters import adapter_modules, inject_adapters
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=0).eval()
+    targets = ADAPTERS[name].default_targets or ["attn"]
+    inject_adapters(model, name, list(targets), **{ADAPTERS[name].size_knob: 2}, dropout=0.5)
+    assert all(not module.training for module in adapter_modules(model).values())
