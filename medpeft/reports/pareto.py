@@ -64,7 +64,8 @@ def plot_pareto(
         decoder_params: Trainable decoder parameters (the same in every method), stated in a note.
         title: Plot title.
     """
-    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
+    # a taller figure for many methods: their labels, pushed apart vertically, stack above the points
+    figure = Figure(figsize=(6.4, 4.4 + 0.15 * max(0, len(labels) - 8)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     front = pareto_front(encoder_params, dice)
@@ -91,13 +92,14 @@ def plot_pareto(
         axes.annotate(
             labels[i],
             (encoder_params[i], dice[i]),
-            xytext=(-6 if crowded_right else 6, 4 + (y - dice[i]) / (high - low + 2 * pad) * 300),
-            textcoords="offset points",
+            xytext=(-6 if crowded_right else 6, y + gap / 8),  # x in points beside the point, y in data units
+            textcoords=("offset points", "data"),
             fontsize=8,
             va="bottom",
             ha="right" if crowded_right else "left",
             arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.6} if y != dice[i] else None,
         )
+    axes.set_ylim(low - pad, max(high + pad, max(placed) + gap))  # every label inside the axes
     # the front is a staircase: a method stays the best choice until a costlier one scores higher
     axes.plot(
         [encoder_params[i] for i in front],
