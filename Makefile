@@ -27,7 +27,8 @@ demo: $(STAMP)
 # Every method that fits a ViT on the demo's ViT-Tiny at one adapter budget (55,000 parameters, 1 % of the encoder; each
 # method's size knob chosen to fit it), seed 0, each method at its registry learning rate (not tuned), with the same
 # data, decoder and schedule as `make demo`; the table and Pareto plot go to runs/baselines/comparison/. Finished runs
-# are skipped on a rerun. Wall time on 2 CPU cores: see README ("Baselines, budgets and equal tuning").
+# are skipped on a rerun. Wall time on 2 CPU cores: not timed yet; about 25 min expected (23 runs at make demo's
+# minute per run).
 BASELINE_METHODS := full,decoder_only,lora,trm,tcurlora,houlsby,adaptformer,vpt,ssf,bitfit,norm,pissa,curlora,lotr,dora,loha,lokr,oft,boft,hra,vera,adalora,ia3
 baselines: $(STAMP)
 	$(PY) scripts/sweep.py --config configs/demo_tcur.yaml --methods $(BASELINE_METHODS) --seeds 0 --budget 55000 \
