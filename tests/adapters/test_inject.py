@@ -59,8 +59,8 @@ def test_nothing_matched_lists_candidates():
 
 
 def test_unknown_method_and_option():
-    with pytest.raises(ValueError, match=r"unknown adapter method 'dora'.*lora"):
-        inject_adapters(vit(), "dora", ["attn"])
+    with pytest.raises(ValueError, match=r"unknown adapter method 'lorra'.*lora"):
+        inject_adapters(vit(), "lorra", ["attn"])
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['rnak'\].*rank"):
         inject_adapters(vit(), "lora", ["attn"], rnak=4)
     with pytest.raises(ValueError, match="rank must be a positive int"):

@@ -104,7 +104,8 @@ def test_every_problem_gets_its_own_line(config_file: Path) -> None:
 
 def test_bad_choice_lists_choices(config_file: Path) -> None:
     message = _error(config_file, text=MINIMAL.replace("method: lora", "method: loraa"))
-    assert "'adapter.method' must be one of full, decoder_only, lora, trm, tcurlora; got 'loraa'" in message
+    assert "'adapter.method' must be one of full, decoder_only, lora, trm, tcurlora, " in message
+    assert "got 'loraa'" in message and "did you mean 'lora'?" in message
     assert str(config_file) in message
 
 
