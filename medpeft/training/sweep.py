@@ -431,8 +431,7 @@ def _train(
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``sweep.py --config BASE --methods M1,M2 [--seeds S1,S2] [--set ...] [--method-set ...]
-    [--method-config ...] [--out DIR]
-    [--reference NAME] [--dry-run]``.
+    [--method-config ...] [--budget N] [--tune-lr R1,R2] [--out DIR] [--reference NAME] [--dry-run]``.
 
     Returns:
         The exit status: 0 when every run finished (and the comparison was written), 1 when a run failed.
