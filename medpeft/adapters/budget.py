@@ -104,11 +104,12 @@ def match_budget(
         except ValueError:
             return None
 
-    smallest = count(1)
-    if smallest is None or smallest > budget:
+    # no try here: a method that refuses even its smallest size (targets that match nothing, ...) says why
+    smallest = adapter_parameter_count(model, method, targets, blocks, **{**options, knob: 1})
+    if smallest > budget:
         raise ValueError(
-            f"adapter.budget {budget} is below the smallest {method} ({knob}=1: "
-            f"{'refused' if smallest is None else f'{smallest} parameters'}); raise the budget or choose fewer targets"
+            f"adapter.budget {budget} is below the smallest {method} ({knob}=1: {smallest} parameters); raise the "
+            "budget or choose fewer targets"
         )
     low, low_params, high = 1, smallest, None  # count(low) fits; count(high) does not (None: not found yet)
     while high is None:

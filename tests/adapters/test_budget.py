@@ -73,3 +73,9 @@ def test_fixed_size_methods_report_their_count():
     match = match_budget(model, "ia3", ["attn", "mlp"], 10**6)
     assert match.knob is None and match.value is None
     assert match.params == 12 * (576 + 192 + 768 + 192)  # one scale per output of qkv, proj, fc1, fc2
+
+
+def test_a_method_that_refuses_its_smallest_size_says_why():
+    model = _encoder("vit_tiny_patch16_224")
+    with pytest.raises(ValueError, match=r"matched no module"):
+        match_budget(model, "lora", ["no_such_layer"], 10**6)
