@@ -29,6 +29,8 @@ ENCODERS = {
     "sam": ("samvit_base_patch16", {"img_size": 64, "embed_dim": 64, "depth": 2, "num_heads": 2,
             "global_attn_indexes": (1,), "window_size": 2, "neck_chans": 32}, 64, ["attn", "mlp"], None),
 }  # fmt: skip
+#: Weight-layer targets per tiny family, for the low-rank baselines' tests (PiSSA, CURLoRA, LoTR).
+TARGETS = {"vit": ["attn", "mlp"], "efficientnet": ["conv"], "resnet": ["conv"]}
 METHOD_OPTIONS = {"lora": {"rank": 4, "alpha": 8.0}, "trm": {"rank": 2, "order": 3}, "tcurlora": {"rank": 2}}
 
 
@@ -67,3 +69,15 @@ def family(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(params=sorted(METHOD_OPTIONS))
 def method(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+class TinyNet(nn.Module):
+    """A non-square conv (``stem``: 3 -> 64) and linear (``lin``: 64 -> 48), named so no preset matches them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1)
+        self.lin = nn.Linear(64, 48)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 3, H, W] -> [B, 48]
+        return self.lin(self.stem(x).mean(dim=(2, 3)))

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_encoder, randomize_adapters
+from conftest import TARGETS, TinyNet, make_encoder, randomize_adapters
 from safetensors.torch import load_file
 from torch import nn
 
@@ -24,18 +24,6 @@ from medpeft.adapters import (
     unmerge_adapters,
 )
 from medpeft.adapters.curlora import CURLoRAConfig, CURLoRALayer
-
-TARGETS = {"vit": ["attn", "mlp"], "efficientnet": ["conv"], "resnet": ["conv"]}
-
-
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1)
-        self.lin = nn.Linear(64, 48)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 3, H, W] -> [B, 48]
-        return self.lin(self.stem(x).mean(dim=(2, 3)))
 
 
 def curlora_model(family: str, rank: int = 4, seed: int = 0, **options) -> tuple[nn.Module, torch.Tensor]:

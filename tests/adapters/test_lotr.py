@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_encoder, randomize_adapters
+from conftest import TARGETS, make_encoder, randomize_adapters
 from safetensors.torch import load_file
 from torch import nn
 
@@ -20,8 +20,6 @@ from medpeft.adapters import (
     unmerge_adapters,
 )
 from medpeft.adapters.lotr import GROUPS_ATTRIBUTE, LoTRConfig, LoTRGroup, LoTRLayer
-
-TARGETS = {"vit": ["attn", "mlp"], "efficientnet": ["conv"], "resnet": ["conv"]}
 
 
 def lotr_model(family: str, rank: int = 4, seed: int = 0, **options) -> tuple[nn.Module, torch.Tensor]:
